@@ -1,0 +1,5 @@
+import sys
+
+from llavaguard.cli import main
+
+sys.exit(main())

@@ -1,0 +1,76 @@
+"""The ``llavaguard`` command: a thin layer over the Python API.
+
+Every command calls public functions with the same parameter names. Heavy libraries (torch,
+transformers) are imported inside the commands that run a model, so ``--help`` and the
+``policy`` commands start fast. Errors the user can fix print one line and exit 2.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from llavaguard import __version__
+from llavaguard.cli import assess as _assess
+from llavaguard.cli import models as _models
+from llavaguard.cli import policy as _policy
+from llavaguard.cli import testing as _testing
+from llavaguard.cli.common import EXIT_INTERRUPTED, EXIT_SETUP, err_console
+from llavaguard.errors import LlavaGuardError
+
+app = typer.Typer(
+    name="llavaguard",
+    help="Judge images against written safety policies with vision-language models.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+app.command("assess", no_args_is_help=True)(_assess.assess)
+app.add_typer(_policy.app, name="policy")
+app.command("models")(_models.models)
+app.add_typer(_testing.app, name="testing")
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"llavaguard {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
+    """Judge images against written safety policies with vision-language models."""
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: runs the app and turns our errors into one line on stderr."""
+    try:
+        app(args=argv, prog_name="llavaguard", standalone_mode=False)
+    except LlavaGuardError as e:
+        err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+        return EXIT_SETUP
+    except KeyboardInterrupt:
+        err_console.print("interrupted", highlight=False)
+        return EXIT_INTERRUPTED
+    except typer.Exit as e:
+        return e.exit_code
+    except Exception as e:  # click usage errors and aborts
+        import click
+
+        if isinstance(e, click.ClickException):
+            e.show()
+            return e.exit_code
+        if isinstance(e, click.exceptions.Abort):
+            return EXIT_INTERRUPTED
+        raise
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,152 @@
+"""``llavaguard assess``: judge image files against a policy and write one record per input."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from llavaguard.cli.common import (
+    EXIT_OK,
+    EXIT_SOME_FAILED,
+    allow_option,
+    err_console,
+    policy_option,
+    sensitive_option,
+)
+from llavaguard.models import DEFAULT_MODEL
+
+PROGRESS_MIN_IMAGES = 4
+
+
+def assess(
+    paths: list[Path] = typer.Argument(..., help="Image files or folders (searched recursively)."),
+    model: str = typer.Option(DEFAULT_MODEL, "--model", "-m", help="Hub id or local folder."),
+    engine: str = typer.Option("transformers", "--engine", help="Engine that runs the model."),
+    policy: str | None = policy_option(),
+    allow: str | None = allow_option(),
+    sensitive: str | None = sensitive_option(),
+    batch_size: int = typer.Option(4, "--batch-size", "-b", min=1, help="Images per batch."),
+    format: str = typer.Option("jsonl", "--format", "-f", help="jsonl, json or table."),
+    output: Path | None = typer.Option(
+        None, "--output", "-o", help="File to write (default stdout)."
+    ),
+    device: str | None = typer.Option(None, "--device", help="cuda, mps, cpu (default: best)."),
+    dtype: str | None = typer.Option(
+        None, "--dtype", help="float32, bfloat16, float16 (default: by device)."
+    ),
+    token: str | None = typer.Option(
+        None, "--token", envvar="HF_TOKEN", help="Hub token for gated weights.", show_envvar=True
+    ),
+    revision: str | None = typer.Option(
+        None, "--revision", help="Hub revision (branch, tag, commit)."
+    ),
+    max_new_tokens: int = typer.Option(500, "--max-new-tokens", min=1, help="Generation limit."),
+    temperature: float = typer.Option(0.0, "--temperature", min=0.0, help="0 = greedy (default)."),
+    top_p: float = typer.Option(1.0, "--top-p", help="Nucleus sampling (with --temperature)."),
+    top_k: int | None = typer.Option(None, "--top-k", help="Top-k sampling (with --temperature)."),
+    num_beams: int = typer.Option(1, "--num-beams", min=1, help="Beam search width."),
+    seed: int | None = typer.Option(None, "--seed", help="Seed for sampling."),
+    max_pixels: int | None = typer.Option(
+        None, "--max-pixels", help="Reject larger images (default 80M)."
+    ),
+    max_file_mb: float | None = typer.Option(
+        None, "--max-file-mb", help="Reject larger files (default 64)."
+    ),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary."),
+) -> None:
+    """Assess images against a policy; one record per input, in input order.
+
+    Exit status: 0 when every input was assessed, 1 when some inputs failed (their records
+    say why), 2 for set-up errors (model, policy, options).
+    """  # fmt: skip
+    from llavaguard.assess import assess_files
+    from llavaguard.engines import GenerationConfig
+    from llavaguard.errors import ConfigError
+    from llavaguard.guard import Guard
+    from llavaguard.images import ImageLimits
+    from llavaguard.policy import Policy
+    from llavaguard.sinks import FORMATS
+
+    if format not in FORMATS:
+        raise ConfigError(f"unknown format {format!r} (valid: {', '.join(FORMATS)})")
+    active = Policy.load(policy, allow=allow, sensitive=sensitive)  # fail fast, before loading
+    try:
+        generation = GenerationConfig(
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            top_k=top_k,
+            num_beams=num_beams,
+            seed=seed,
+        )
+    except ValueError as e:
+        raise ConfigError(str(e).splitlines()[-1].strip()) from None
+    limits = {}
+    if max_pixels is not None:
+        limits["max_pixels"] = max_pixels
+    if max_file_mb is not None:
+        limits["max_bytes"] = int(max_file_mb * 1024 * 1024)
+    engine_options = {"device": device, "dtype": dtype, "token": token, "revision": revision}
+    with err_console.status(f"loading {model}", spinner="dots") if not quiet else _null():
+        guard = Guard.from_pretrained(
+            model,
+            engine=engine,
+            policy=active,
+            generation=generation,
+            image_limits=ImageLimits(**limits),
+            **engine_options,
+        )
+    progress, on_start, on_batch = _progress(quiet)
+    try:
+        with guard:
+            summary = assess_files(
+                paths,
+                guard,
+                batch_size=batch_size,
+                format=format,
+                output=output,
+                on_start=on_start,
+                on_batch=on_batch,
+            )
+    finally:
+        progress.stop()
+    if not quiet:
+        err_console.print(summary.line(), highlight=False)
+        for line in summary.failures[:5]:
+            err_console.print(f"  failed: {line}", highlight=False, soft_wrap=True)
+    raise typer.Exit(EXIT_SOME_FAILED if summary.failed else EXIT_OK)
+
+
+class _null:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def _progress(quiet: bool):
+    """A progress bar on stderr, shown only when there are more than a few images."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    progress = Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=err_console,
+        transient=False,
+    )
+    task: list[int] = []
+
+    def on_start(total: int) -> None:
+        if not quiet and total >= PROGRESS_MIN_IMAGES:
+            progress.start()
+            task.append(progress.add_task("assessing", total=total))
+
+    def on_batch(n: int) -> None:
+        if task:
+            progress.advance(task[0], n)
+
+    return progress, on_start, on_batch

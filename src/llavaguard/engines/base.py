@@ -1,0 +1,78 @@
+"""The engine interface: a batch of (images, text) requests in, a list of texts out.
+
+Engines know nothing about policies, ratings or parsing; the Guard renders the prompt and
+reads the answer around them, once, for every engine. A new runtime (an OpenAI-compatible
+server, another library) implements ``generate`` and registers a name, nothing more.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, ClassVar
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+
+@dataclass(frozen=True)
+class VisionRequest:
+    """One user turn: the images first, then the text, as the LlavaGuard models were trained."""
+
+    text: str
+    images: tuple[Image.Image, ...] = field(default_factory=tuple)
+    system: str | None = None
+
+
+class GenerationConfig(BaseModel):
+    """How to decode. Greedy and deterministic unless a temperature is given."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    max_new_tokens: int = Field(500, ge=1, description="Room for a full rationale.")
+    temperature: float = Field(0.0, ge=0.0, description="0 means greedy decoding.")
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    top_k: int | None = Field(None, ge=1)
+    num_beams: int = Field(1, ge=1)
+    seed: int | None = Field(None, description="Seed for sampling; makes it repeatable.")
+
+    @property
+    def do_sample(self) -> bool:
+        return self.temperature > 0
+
+    @model_validator(mode="after")
+    def _sampling_options_need_sampling(self) -> GenerationConfig:
+        if not self.do_sample and (self.top_p != 1.0 or self.top_k is not None):
+            raise ValueError("top_p/top_k need temperature > 0 (sampling)")
+        return self
+
+
+MODEL_CARD_RECIPE = GenerationConfig(
+    max_new_tokens=200, temperature=0.2, top_p=0.95, top_k=50, num_beams=2
+)
+
+
+class Engine(ABC):
+    """A loaded model that answers batches of vision requests."""
+
+    name: ClassVar[str]
+    model_id: str
+
+    @abstractmethod
+    def generate(
+        self, requests: Sequence[VisionRequest], config: GenerationConfig | None = None
+    ) -> list[str]:
+        """Answer every request, in order. Raises EngineError if the batch as a whole fails."""
+
+    def close(self) -> None:
+        """Release memory or connections; the engine is unusable afterwards."""
+        return None
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,175 @@
+"""Policies: a taxonomy plus a state per category, rendered to the exact prompt text.
+
+Rendering follows the LlavaGuard v1.2 layout (preamble, one block per category, then the
+assessment steps with the JSON template), so the built-in policy equals the text the
+released models were trained on, byte for byte. A policy's id is the sha256 of that text:
+two policies with the same id are, to the model, the same policy.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Mapping
+from enum import StrEnum
+from functools import cached_property
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict
+
+from llavaguard.errors import PolicyError
+from llavaguard.policy.taxonomy import (
+    BUILTIN_TAXONOMIES,
+    DEFAULT_POLICY,
+    Category,
+    Taxonomy,
+    load_builtin,
+    load_taxonomy_file,
+)
+
+
+class State(StrEnum):
+    DEFAULT = "default"
+    ALLOWED = "allowed"  # declared non-violating
+    SENSITIVE = "sensitive"  # declared forbidden in full
+
+
+_STEPS = (
+    "Assessment Steps:\n"
+    '1. Select a safety "rating". This should be "Unsafe" if the content violates the safety '
+    'policy; otherwise, it should be "Safe".\n'
+    '2. Assign a policy "category". If none of the policy categories are applicable, select '
+    '"{none}".\n'
+    '3. Provide a "rationale". Describe the user content and justify why it is considered safe '
+    "or unsafe, referring to the specific policy category and its associated guidelines to "
+    "illustrate any violations or compliance.\n"
+    "To provide your assessment use the following json template:\n"
+    "{{\n"
+    '    "rating": str<"Unsafe"|"Safe">,\n'
+    '    "category": str<{categories}>,\n'
+    '    "rationale": str,\n'
+    "}}"
+)
+
+
+def parse_codes(codes: str | Iterable[str] | None) -> list[str]:
+    """'O3,O6' or ['O3', 'O6'] -> ['O3', 'O6']; empty parts are dropped."""
+    if codes is None:
+        return []
+    parts = codes.split(",") if isinstance(codes, str) else [p for c in codes for p in c.split(",")]
+    return [p.strip() for p in parts if p.strip()]
+
+
+class Policy(BaseModel):
+    """What the model is asked to enforce. Immutable; derive variants with ``with_states``."""
+
+    model_config = ConfigDict(frozen=True)
+
+    taxonomy: Taxonomy
+    states: Mapping[str, State] = {}
+
+    # --- construction -------------------------------------------------------------------
+    @classmethod
+    def load(
+        cls,
+        policy: str | Path | Policy | None = None,
+        *,
+        allow: str | Iterable[str] | None = None,
+        sensitive: str | Iterable[str] | None = None,
+    ) -> Policy:
+        """A built-in name (default ``llavaguard-v1.2``), a YAML/JSON file, or a Policy.
+
+        ``allow`` and ``sensitive`` take category codes and are applied on top of whatever
+        the file itself declares.
+        """
+        if isinstance(policy, Policy):
+            base = policy
+        elif policy is None or (isinstance(policy, str) and policy in BUILTIN_TAXONOMIES):
+            base = cls(taxonomy=load_builtin(policy or DEFAULT_POLICY))
+        else:
+            path = Path(policy)
+            if not path.exists():
+                if isinstance(policy, str) and not policy.endswith((".yaml", ".yml", ".json")):
+                    load_builtin(policy)  # raises with the list of built-in names
+                raise PolicyError(f"{policy}: policy file not found")
+            taxonomy, declared = load_taxonomy_file(path)
+            base = cls(taxonomy=taxonomy).with_states(**declared)
+        return base.with_states(allow=allow, sensitive=sensitive)
+
+    def with_states(
+        self,
+        *,
+        allow: str | Iterable[str] | None = None,
+        sensitive: str | Iterable[str] | None = None,
+    ) -> Policy:
+        """A copy with these codes declared allowed / sensitive (others keep their state)."""
+        allow_codes, sens_codes = parse_codes(allow), parse_codes(sensitive)
+        both = {c.lower() for c in allow_codes} & {c.lower() for c in sens_codes}
+        if both:
+            raise PolicyError(f"category {sorted(both)[0]} cannot be both allowed and sensitive")
+        if not allow_codes and not sens_codes:
+            return self
+        states = dict(self.states)
+        for codes, state in ((allow_codes, State.ALLOWED), (sens_codes, State.SENSITIVE)):
+            for code in codes:
+                states[self.taxonomy.category(code).code] = state
+        return Policy(taxonomy=self.taxonomy, states=states)
+
+    # --- what the model sees ------------------------------------------------------------
+    @property
+    def name(self) -> str:
+        return self.taxonomy.name
+
+    def state(self, code: str) -> State:
+        return self.states.get(self.taxonomy.category(code).code, State.DEFAULT)
+
+    @property
+    def allowed(self) -> list[str]:
+        return [c.code for c in self.taxonomy.categories if self.state(c.code) is State.ALLOWED]
+
+    @property
+    def sensitive(self) -> list[str]:
+        return [c.code for c in self.taxonomy.categories if self.state(c.code) is State.SENSITIVE]
+
+    @property
+    def categories(self) -> list[Category]:
+        return list(self.taxonomy.categories)
+
+    @property
+    def labels(self) -> list[str]:
+        """Every category string a valid answer may carry, the none category last."""
+        return [c.label for c in self.taxonomy.categories] + [self.taxonomy.none_category]
+
+    def guidelines(self, category: Category) -> str:
+        state = self.state(category.code)
+        if state is State.ALLOWED:
+            return category.allowed
+        if state is State.SENSITIVE:
+            return category.sensitive
+        return category.default
+
+    @cached_property
+    def text(self) -> str:
+        """The prompt text, exactly as the model receives it."""
+        blocks = "".join(f"{c.label}: \n{self.guidelines(c)}\n" for c in self.taxonomy.categories)
+        steps = _STEPS.format(
+            none=self.taxonomy.none_category,
+            categories="|".join(f'"{label}"' for label in self.labels),
+        )
+        return (self.taxonomy.preamble + blocks + steps).strip()
+
+    def render(self) -> str:
+        return self.text
+
+    @cached_property
+    def id(self) -> str:
+        """sha256 of the rendered text: stable across runs, machines and versions."""
+        return hashlib.sha256(self.text.encode("utf-8")).hexdigest()
+
+    def describe(self) -> str:
+        """A short human label, e.g. 'llavaguard-v1.2 (allow O3; sensitive O6)'."""
+        parts = []
+        if self.allowed:
+            parts.append("allow " + ",".join(self.allowed))
+        if self.sensitive:
+            parts.append("sensitive " + ",".join(self.sensitive))
+        return self.name + (f" ({'; '.join(parts)})" if parts else "")

@@ -1,0 +1,238 @@
+"""Taxonomies: the categories a policy is made of, with their guideline texts.
+
+A category carries three texts: the default guidelines, the text used when the category is
+declared allowed (non-violating) and the text used when it is declared sensitive. The built-in
+LlavaGuard v1.2 taxonomy keeps the exact texts the released models were trained on; custom
+taxonomies from YAML may give only their bullets, and the other two texts are then written in
+the same phrasing. This module knows nothing about rendering order, states or model answers.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from llavaguard.errors import PolicyError
+
+DEFAULT_PREAMBLE = (
+    "Provide a safety assessment for the content provided by the user. Determine compliance or "
+    "violation against our safety policy by reviewing the following policy categories:\n"
+)
+DEFAULT_NONE_CATEGORY = "NA: None applying"
+
+# Built-in taxonomies ship as package data, byte-exact with what released models were trained on.
+BUILTIN_TAXONOMIES: dict[str, str] = {"llavaguard-v1.2": "llavaguard-v1.2.json"}
+DEFAULT_POLICY = "llavaguard-v1.2"
+
+_CODE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,15}$")
+
+
+def allowed_text(code: str, bullets: list[str]) -> str:
+    """The 'declared non-violating' text in the phrasing the LlavaGuard models learned."""
+    return (
+        f"Category {code} is declared as non-violating. Therefore, we do not provide any "
+        "restrictions for this category and allow any content of this category e.g.\n"
+        + "".join(f" - {b}\n" for b in bullets)
+        + " "
+    )
+
+
+def sensitive_text(code: str, bullets: list[str]) -> str:
+    """The 'declared sensitive' text in the phrasing the LlavaGuard models learned."""
+    return (
+        f"Category {code} is declared as sensitive. Therefore, we do not permit any content "
+        "related to this category e.g.\n" + "".join(f" - {b}\n" for b in bullets) + " "
+    )
+
+
+def default_text(should_not: list[str], can: list[str]) -> str:
+    text = "Should not:\n" + "".join(f"- {b}\n" for b in should_not)
+    if can:
+        text += "Can:\n" + "".join(f"- {b}\n" for b in can)
+    return text
+
+
+def bullets_of(text: str) -> list[str]:
+    """The '- ' bullet lines of a guideline text, in order, keeping their trailing spaces."""
+    return [line[2:] for line in text.split("\n") if line.startswith("- ")]
+
+
+class Category(BaseModel):
+    """One policy category: a code the model names it by, and its three guideline texts."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+    code: str = Field(description="Short code, e.g. O1; what --allow/--sensitive take.")
+    name: str = Field(description="Human name, e.g. 'Hate, Humiliation, Harassment'.")
+    default: str = Field(description="Guidelines when the category is in its default state.")
+    allowed: str = Field(
+        alias="non_violating", description="Guidelines when the category is declared allowed."
+    )
+    sensitive: str = Field(description="Guidelines when the category is declared sensitive.")
+
+    @property
+    def label(self) -> str:
+        """The category string the model answers with, e.g. 'O3: Sexual Content'."""
+        return f"{self.code}: {self.name}"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fill_texts(cls, data: Any) -> Any:
+        """Accept bullets (should_not/can) or a raw default text; write what is missing."""
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        header = data.pop("header", None)
+        should_not = data.pop("should_not", None)
+        can = data.pop("can", None)
+        code = data.get("code")
+        if header is not None and code and data.get("name") is None:
+            prefix = f"{code}: "
+            if isinstance(header, str) and header.startswith(prefix):
+                data["name"] = header[len(prefix) :]
+        if should_not is not None or can is not None:
+            if "default" in data:
+                raise ValueError("give either 'default' text or 'should_not'/'can' bullets")
+            should_not, can = _str_list(should_not, "should_not"), _str_list(can, "can")
+            if not should_not:
+                raise ValueError("'should_not' needs at least one bullet")
+            data["default"] = default_text(should_not, can)
+            bullets = should_not + can
+        elif isinstance(data.get("default"), str):
+            bullets = bullets_of(data["default"])
+        else:
+            return data  # let field validation report what is missing
+        if isinstance(code, str) and bullets:
+            if "allowed" not in data and "non_violating" not in data:
+                data["allowed"] = allowed_text(code, bullets)
+            data.setdefault("sensitive", sensitive_text(code, bullets))
+        return data
+
+    @field_validator("code")
+    @classmethod
+    def _check_code(cls, v: str) -> str:
+        if not _CODE.match(v):
+            raise ValueError(f"code {v!r} must be 1-16 letters, digits, '_', '.' or '-'")
+        return v
+
+    @field_validator("name")
+    @classmethod
+    def _check_name(cls, v: str) -> str:
+        if not v.strip() or "\n" in v or '"' in v:
+            raise ValueError("name must be one line of text without double quotes")
+        return v
+
+
+def _str_list(value: Any, key: str) -> list[str]:
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(b, str) and b.strip() for b in value):
+        raise ValueError(f"'{key}' must be a list of non-empty strings")
+    return [b.strip() for b in value]
+
+
+class Taxonomy(BaseModel):
+    """A named list of categories with the text that introduces them."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str
+    description: str = ""
+    preamble: str = DEFAULT_PREAMBLE
+    categories: tuple[Category, ...] = Field(min_length=1)
+    none_category: str = DEFAULT_NONE_CATEGORY
+    source: str = Field(default="", description="Where the taxonomy came from (file or builtin).")
+
+    @model_validator(mode="after")
+    def _unique(self) -> Taxonomy:
+        for attr in ("code", "label"):
+            seen: set[str] = set()
+            for c in self.categories:
+                key = getattr(c, attr).lower()
+                if key in seen:
+                    raise ValueError(f"duplicate category {attr} {getattr(c, attr)!r}")
+                seen.add(key)
+        if self.none_category in {c.label for c in self.categories}:
+            raise ValueError("none_category must differ from every category")
+        return self
+
+    def category(self, code: str) -> Category:
+        """Look up a category by code, case-insensitively; the error lists the valid codes."""
+        for c in self.categories:
+            if c.code.lower() == code.strip().lower():
+                return c
+        valid = ", ".join(c.code for c in self.categories)
+        raise PolicyError(f"unknown category code {code!r} in policy {self.name} (valid: {valid})")
+
+
+def list_builtin() -> list[str]:
+    return sorted(BUILTIN_TAXONOMIES)
+
+
+def load_builtin(name: str) -> Taxonomy:
+    if name not in BUILTIN_TAXONOMIES:
+        valid = ", ".join(list_builtin())
+        raise PolicyError(f"unknown policy {name!r} (built-in: {valid}; or give a YAML file)")
+    raw = resources.files("llavaguard.policy").joinpath(BUILTIN_TAXONOMIES[name]).read_text("utf-8")
+    data = json.loads(raw)
+    data.pop("source", None)
+    data.setdefault("name", name)
+    return Taxonomy.model_validate({**data, "source": f"builtin:{name}"})
+
+
+def load_taxonomy_file(path: str | Path) -> tuple[Taxonomy, dict[str, list[str]]]:
+    """Read a YAML (or JSON) policy file: the taxonomy and the states it declares.
+
+    The file may also say which codes are allowed or sensitive (keys ``allow`` / ``sensitive``),
+    so a use case can be kept in one file.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise PolicyError(f"{path}: cannot read policy file ({e.__class__.__name__}: {e})") from e
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+        problem = getattr(e, "problem", None) or str(e)
+        raise PolicyError(f"{where}: invalid YAML: {problem}") from e
+    if not isinstance(data, dict):
+        raise PolicyError(f"{path}: a policy file must be a mapping with 'name' and 'categories'")
+    states: dict[str, list[str]] = {}
+    for key in ("allow", "sensitive"):
+        value = data.pop(key, None) or []
+        if isinstance(value, str):
+            value = [v for v in value.split(",") if v.strip()]
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise PolicyError(f"{path}: '{key}' must be a list of category codes")
+        states[key] = [v.strip() for v in value]
+    data.setdefault("name", path.stem)
+    try:
+        taxonomy = Taxonomy.model_validate({**data, "source": str(path)})
+    except ValidationError as e:
+        raise PolicyError(f"{path}: {_first_error(e, data)}") from e
+    return taxonomy, states
+
+
+def _first_error(e: ValidationError, data: dict[str, Any]) -> str:
+    """One line naming the field at fault, with the category code when there is one."""
+    err = e.errors()[0]
+    loc = list(err["loc"])
+    where = ".".join(str(p) for p in loc)
+    if len(loc) >= 2 and loc[0] == "categories" and isinstance(loc[1], int):
+        cats = data.get("categories") or []
+        if loc[1] < len(cats) and isinstance(cats[loc[1]], dict) and cats[loc[1]].get("code"):
+            where = f"category {cats[loc[1]]['code']}" + "".join(f".{p}" for p in loc[2:])
+        else:
+            where = f"categories[{loc[1]}]" + "".join(f".{p}" for p in loc[2:])
+    msg = err["msg"].removeprefix("Value error, ")
+    extra = "" if len(e.errors()) == 1 else f" (and {len(e.errors()) - 1} more)"
+    return f"{where}: {msg}{extra}" if where else f"{msg}{extra}"
