@@ -100,8 +100,10 @@ def parse_answer(text: Any, policy: Policy) -> ParsedAnswer:
 def _parse(text: Any, policy: Policy) -> ParsedAnswer:
     if not isinstance(text, str) or not text.strip():
         return ParsedAnswer(None, None, None, False, "empty answer")
+    obj, strict = _find_object(text)  # fences inside a rationale must survive a clean answer
     cleaned = _FENCE.sub("", text)
-    obj, strict = _find_object(cleaned)
+    if not strict:
+        obj, strict = _find_object(cleaned)
     problems: list[str] = []
     rating = category = rationale = None
     complete = False
