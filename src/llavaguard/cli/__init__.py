@@ -51,7 +51,7 @@ def _root(
 def main(argv: list[str] | None = None) -> int:
     """Entry point: runs the app and turns our errors into one line on stderr."""
     try:
-        app(args=argv, prog_name="llavaguard", standalone_mode=False)
+        code = app(args=argv, prog_name="llavaguard", standalone_mode=False)
     except LlavaGuardError as e:
         err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
         return EXIT_SETUP
@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(e, click.exceptions.Abort):
             return EXIT_INTERRUPTED
         raise
-    return 0
+    return code if isinstance(code, int) else 0
 
 
 if __name__ == "__main__":
