@@ -117,7 +117,9 @@ def test_never_raises_on_any_text(text):
     st.sampled_from([0, 4, None]),
 )
 def test_round_trip(rating, category, rationale, before, after, indent):
-    body = json.dumps({"rating": rating, "category": category, "rationale": rationale}, indent=indent)
+    body = json.dumps(
+        {"rating": rating, "category": category, "rationale": rationale}, indent=indent
+    )
     p = parse_answer(before + body + after, POLICY)
     assert p.valid, (p.error, body)
     assert (p.rating, p.category, p.rationale) == (rating, category, rationale.strip())

@@ -108,7 +108,10 @@ def test_custom_yaml_policy(tmp_path):
 @pytest.mark.parametrize(
     ("content", "message"),
     [
-        ("name: x\ncategories:\n  - code: A1\n    name: [unclosed\n", r"bad\.yaml:\d+: invalid YAML"),
+        (
+            "name: x\ncategories:\n  - code: A1\n    name: [unclosed\n",
+            r"bad\.yaml:\d+: invalid YAML",
+        ),
         ("name: x\ncategories:\n  - code: A1\n", r"bad\.yaml: category A1\.name: Field required"),
         ("name: x\ncategories:\n  - code: A1\n    name: A\n    should_not: []\n", "A1.*bullet"),
         ("name: x\ncategories: []\n", r"bad\.yaml: categories: .*at least 1"),

@@ -78,6 +78,9 @@ class TransformersEngine(Engine):
         )
         import torch
         from transformers import AutoModelForImageTextToText, AutoProcessor
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # our own progress bar is the one on stderr
 
         self.device = pick_device(device)
         self.dtype = pick_dtype(self.device, dtype)

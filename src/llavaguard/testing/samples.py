@@ -1,0 +1,56 @@
+"""Sample images of several formats, sizes and modes, drawn here, for trying the pipeline."""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+# (format, extension, mode) in turn, so a handful of images covers the common cases.
+_KINDS = [
+    ("JPEG", ".jpg", "RGB"),
+    ("PNG", ".png", "RGBA"),
+    ("WEBP", ".webp", "RGB"),
+    ("GIF", ".gif", "P"),
+    ("BMP", ".bmp", "RGB"),
+    ("TIFF", ".tiff", "L"),
+    ("PNG", ".png", "P"),
+    ("JPEG", ".jpg", "CMYK"),
+]
+
+
+def make_sample_images(out_dir: str | os.PathLike, n: int = 6, *, seed: int = 0) -> list[Path]:
+    """Write ``n`` images (64 to 640 px, non-square, mixed modes) and return their paths."""
+    from PIL import Image, ImageDraw
+
+    rng = random.Random(seed)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(n):
+        fmt, ext, mode = _KINDS[i % len(_KINDS)]
+        w, h = rng.randint(64, 640), rng.randint(64, 640)
+        top, bottom = [tuple(rng.randrange(256) for _ in range(3)) for _ in range(2)]
+        im = Image.linear_gradient("L").resize((w, h))
+        im = Image.merge("RGB", [im.point(lambda v, a=a, b=b: a + (b - a) * v // 255)
+                                 for a, b in zip(top, bottom, strict=True)])  # fmt: skip
+        draw = ImageDraw.Draw(im)
+        for _ in range(rng.randint(3, 8)):
+            x0, y0 = rng.randrange(w), rng.randrange(h)
+            x1, y1 = x0 + rng.randint(8, w // 2 + 8), y0 + rng.randint(8, h // 2 + 8)
+            colour = tuple(rng.randrange(256) for _ in range(3))
+            shape = rng.choice([draw.ellipse, draw.rectangle])
+            shape([x0, y0, x1, y1], fill=colour, outline=(0, 0, 0))
+        noise = Image.effect_noise((w, h), rng.uniform(5, 40)).convert("RGB")
+        im = Image.blend(im, noise, 0.15)
+        if mode == "RGBA":
+            im = im.convert("RGBA")
+            im.putalpha(Image.linear_gradient("L").resize((w, h)))
+        elif mode == "P":
+            im = im.convert("P", palette=Image.Palette.ADAPTIVE, colors=64)
+        elif mode != "RGB":
+            im = im.convert(mode)
+        path = out / f"sample-{i:03d}{ext}"
+        im.save(path, format=fmt)
+        paths.append(path)
+    return paths

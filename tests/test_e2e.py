@@ -1,0 +1,127 @@
+"""End to end: the real CLI, tiny real models of each family, real photos in several formats."""
+
+import json
+from importlib import resources
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from conftest import run_cli
+from llavaguard.policy import Policy
+from llavaguard.testing import FAMILIES
+
+pytestmark = pytest.mark.slow
+
+RECORD_KEYS = {
+    "image", "rating", "category", "rationale", "score", "valid", "error", "raw",
+    "policy", "policy_id", "model", "engine",
+}  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def photos(tmp_path_factory) -> Path:
+    """Real photographs (shipped with scikit-image) saved in the formats users have."""
+    folder = tmp_path_factory.mktemp("photos")
+    data = resources.files("skimage") / "data"
+
+    def photo(name: str) -> Image.Image:
+        with resources.as_file(data / name) as p, Image.open(p) as im:
+            return im.copy()
+
+    photo("astronaut.png").save(folder / "astronaut.jpg", quality=90)
+    photo("chelsea.png").save(folder / "cat.webp")
+    photo("coffee.png").convert("RGBA").save(folder / "coffee.png")
+    photo("rocket.jpg").save(folder / "nested-rocket.tiff")
+    photo("camera.png").save(folder / "camera-gray.bmp")  # 8-bit grayscale
+    photo("motorcycle_left.png").convert("P", palette=Image.Palette.ADAPTIVE).save(
+        folder / "motorcycle.gif"
+    )
+    sub = folder / "sub"
+    sub.mkdir()
+    photo("hubble_deep_field.jpg").save(sub / "hubble.JPG")
+    (folder / "notes.txt").write_text("not an image, skipped when expanding the folder")
+    return folder
+
+
+@pytest.fixture(scope="session", params=FAMILIES)
+def tiny_model(request, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp(request.param) / "model"
+    res = run_cli("testing", "tiny-model", str(out), "--family", request.param)
+    assert res.returncode == 0, res.stderr
+    assert Path(res.stdout.strip()) == out
+    return out
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text("utf-8").splitlines()]
+
+
+def test_assess_folder_of_photos(tiny_model, photos, tmp_path):
+    out = tmp_path / "results.jsonl"
+    res = run_cli(
+        "assess", str(photos), "--model", str(tiny_model), "--max-new-tokens", "24",
+        "--batch-size", "3", "--allow", "O4", "--output", str(out),
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    records = read_jsonl(out)
+    expected = sorted(
+        str(p) for p in photos.rglob("*") if p.suffix.lower() != ".txt" and p.is_file()
+    )
+    assert [r["image"] for r in records] == expected
+    policy = Policy.load(allow="O4")
+    for r in records:
+        assert set(r) == RECORD_KEYS
+        assert r["error"] is None or not r["valid"]
+        assert isinstance(r["raw"], str)  # every photo reached the model
+        assert r["rating"] in (None, "Safe", "Unsafe")
+        assert r["category"] is None or r["category"] in policy.labels
+        assert r["policy_id"] == policy.id and r["policy"] == "llavaguard-v1.2 (allow O4)"
+        assert r["model"] == str(tiny_model) and r["engine"] == "transformers"
+    assert "7 images" in res.stderr
+
+
+def test_bad_files_get_records_and_exit_1(tiny_model, photos, tmp_path):
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    good = photos / "astronaut.jpg"
+    (broken / "truncated.jpg").write_bytes(good.read_bytes()[:2000])
+    (broken / "empty.png").write_bytes(b"")
+    (broken / "text.jpg").write_text("hello")
+    out = tmp_path / "out.json"
+    res = run_cli(
+        "assess", str(broken), str(good), str(tmp_path / "missing.png"),
+        "--model", str(tiny_model), "--max-new-tokens", "8", "--format", "json", "-o", str(out),
+    )  # fmt: skip
+    assert res.returncode == 1, res.stderr
+    records = json.loads(out.read_text())
+    by_name = {Path(r["image"]).name: r for r in records}
+    assert list(by_name) == [
+        "empty.png",
+        "text.jpg",
+        "truncated.jpg",
+        "astronaut.jpg",
+        "missing.png",
+    ]
+    for name in ("empty.png", "text.jpg", "truncated.jpg", "missing.png"):
+        r = by_name[name]
+        assert r["raw"] is None and not r["valid"] and r["error"], r
+        assert "\n" not in r["error"]
+    assert by_name["astronaut.jpg"]["raw"] is not None
+    assert "4 failed" in res.stderr
+
+
+def test_python_api_matches_cli(tiny_model, photos, tmp_path):
+    from llavaguard import Guard
+    from llavaguard.engines import GenerationConfig
+
+    files = sorted(str(p) for p in photos.glob("*.*") if p.suffix != ".txt")
+    out = tmp_path / "cli.jsonl"
+    res = run_cli(
+        "assess", *files, "--model", str(tiny_model), "--max-new-tokens", "16", "-o", str(out)
+    )
+    assert res.returncode == 0, res.stderr
+    guard = Guard.from_pretrained(str(tiny_model), generation=GenerationConfig(max_new_tokens=16))
+    api = guard.assess(files, batch_size=4)
+    cli = read_jsonl(out)
+    assert [a.model_dump(mode="json") for a in api] == cli
