@@ -7,9 +7,10 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from conftest import run_cli
 from llavaguard.policy import Policy
 from llavaguard.testing import FAMILIES
+
+from conftest import run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -125,3 +126,30 @@ def test_python_api_matches_cli(tiny_model, photos, tmp_path):
     api = guard.assess(files, batch_size=4)
     cli = read_jsonl(out)
     assert [a.model_dump(mode="json") for a in api] == cli
+
+
+def test_hundreds_of_broken_files_through_the_cli(tmp_path, tmp_path_factory):
+    """Every malformed file gets exactly one record, in order; the run does not crash."""
+    from test_images import broken_corpus
+
+    model = tmp_path_factory.mktemp("corpus-model") / "m"
+    from llavaguard.testing import build_tiny_model
+
+    build_tiny_model(model, "llava-onevision")
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    maybe, must_fail = broken_corpus(corpus)
+    # a directory argument is a folder to expand, not a broken file: leave it out here
+    inputs = [str(p) for p in maybe + must_fail if not p.is_dir()]
+    out = tmp_path / "out.jsonl"
+    res = run_cli(
+        "assess", *inputs, "--model", str(model), "--max-new-tokens", "2",
+        "-b", "16", "-o", str(out),
+    )  # fmt: skip
+    assert res.returncode == 1, res.stderr[-2000:]
+    records = read_jsonl(out)
+    assert [r["image"] for r in records] == inputs
+    failed = [r for r in records if r["raw"] is None]
+    assert set(inputs) & {str(p) for p in must_fail} <= {r["image"] for r in failed}
+    assert all(r["error"] and "\n" not in r["error"] for r in failed)
+    assert "Traceback" not in res.stderr

@@ -2,9 +2,10 @@ import time
 
 import pytest
 
-from conftest import run_cli
 from llavaguard.errors import ModelLoadError
 from llavaguard.models import DEFAULT_MODEL, KNOWN_MODELS, resolve_model
+
+from conftest import run_cli
 
 
 def test_default_model_is_known():
@@ -23,7 +24,7 @@ def test_missing_folder(tmp_path):
 
 def test_uncached_hub_id_offline_fails_fast():
     started = time.perf_counter()
-    with pytest.raises(ModelLoadError, match="AIML-TUDA/LlavaGuard-v1.2-0.5B-OV-hf.*offline"):
+    with pytest.raises(ModelLoadError, match=r"AIML-TUDA/LlavaGuard-v1\.2-0\.5B-OV-hf.*offline"):
         resolve_model(DEFAULT_MODEL)
     assert time.perf_counter() - started < 5
 

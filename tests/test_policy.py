@@ -3,10 +3,11 @@ import json
 
 import pytest
 
-from conftest import run_cli
 from llavaguard.errors import PolicyError
 from llavaguard.policy import Policy, State
 from llavaguard.policy.taxonomy import allowed_text, bullets_of, sensitive_text
+
+from conftest import run_cli
 
 
 @pytest.fixture(scope="module")

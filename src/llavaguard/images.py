@@ -78,6 +78,7 @@ def load_image(
     label = _label(source, name)
     try:
         with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # corrupt metadata: we judge by decoding
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             if isinstance(source, Image.Image):
                 return _normalise(source, limits, label)

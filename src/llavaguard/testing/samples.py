@@ -41,7 +41,7 @@ def make_sample_images(out_dir: str | os.PathLike, n: int = 6, *, seed: int = 0)
             colour = tuple(rng.randrange(256) for _ in range(3))
             shape = rng.choice([draw.ellipse, draw.rectangle])
             shape([x0, y0, x1, y1], fill=colour, outline=(0, 0, 0))
-        noise = Image.effect_noise((w, h), rng.uniform(5, 40)).convert("RGB")
+        noise = Image.frombytes("L", (w, h), rng.randbytes(w * h)).convert("RGB")
         im = Image.blend(im, noise, 0.15)
         if mode == "RGBA":
             im = im.convert("RGBA")
