@@ -153,3 +153,24 @@ def test_hundreds_of_broken_files_through_the_cli(tmp_path, tmp_path_factory):
     assert set(inputs) & {str(p) for p in must_fail} <= {r["image"] for r in failed}
     assert all(r["error"] and "\n" not in r["error"] for r in failed)
     assert "Traceback" not in res.stderr
+
+
+def test_decoding_options_and_dtype(tmp_path_factory, photos):
+    """Sampling repeats with a seed, beams run, and bfloat16 on the CPU works."""
+    from llavaguard import Guard
+    from llavaguard.engines import GenerationConfig
+
+    model = tmp_path_factory.mktemp("decode") / "m"
+    from llavaguard.testing import build_tiny_model
+
+    build_tiny_model(model, "qwen2.5-vl")
+    files = sorted(str(p) for p in photos.glob("*.jpg"))
+    sampled = GenerationConfig(max_new_tokens=12, temperature=0.9, top_p=0.95, top_k=50, seed=7)
+    guard = Guard.from_pretrained(str(model), generation=sampled)
+    first = [a.raw for a in guard.assess(files)]
+    assert [a.raw for a in guard.assess(files)] == first
+    guard.generation = GenerationConfig(max_new_tokens=12, num_beams=2)
+    assert all(isinstance(a.raw, str) for a in guard.assess(files))
+    bf16 = Guard.from_pretrained(str(model), dtype="bfloat16", device="cpu")
+    assert str(bf16.engine.dtype) == "torch.bfloat16"
+    assert isinstance(bf16.assess(files[0]).raw, str)
