@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 
 from llavaguard.engines.base import Engine, GenerationConfig, VisionRequest
 from llavaguard.errors import ConfigError, EngineError, ModelLoadError
-from llavaguard.models import resolve_model
+from llavaguard.models import family_from_config, resolve_model, spec_for
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +76,8 @@ class TransformersEngine(Engine):
         path = resolve_model(
             model, token=token, revision=revision, local_files_only=local_files_only
         )
+        spec = spec_for(model)
+        self.family = spec.family if spec else family_from_config(path)
         import torch
         from transformers import AutoModelForImageTextToText, AutoProcessor
         from transformers.utils import logging as hf_logging
@@ -101,8 +103,8 @@ class TransformersEngine(Engine):
         self.tokenizer.padding_side = "left"
         self._torch = torch
         log.info(
-            "loaded %s on %s as %s in %.1fs",
-            model, self.device, str(self.dtype).removeprefix("torch."),
+            "loaded %s (%s) on %s as %s in %.1fs",
+            model, self.family, self.device, str(self.dtype).removeprefix("torch."),
             time.perf_counter() - started,
         )  # fmt: skip
 
