@@ -36,3 +36,11 @@ def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 300,
         timeout=timeout,
         **kw,
     )
+
+
+# CI runs the same hypothesis examples every time; local runs explore new ones.
+from hypothesis import settings as _hyp  # noqa: E402
+
+_hyp.register_profile("ci", derandomize=True, print_blob=True)
+if os.environ.get("CI"):
+    _hyp.load_profile("ci")
