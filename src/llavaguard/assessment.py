@@ -23,6 +23,9 @@ class Assessment(BaseModel):
     category: str | None = Field(None, description="A category label of the policy, or None.")
     rationale: str | None = Field(None, description="The model's justification.")
     score: float | None = Field(None, description="P(Unsafe), when the engine gives scores.")
+    category_scores: dict[str, float] | None = Field(
+        None, description="P(category | rating) for each category of the policy."
+    )
     valid: bool = Field(False, description="The answer was read completely and is consistent.")
     error: str | None = Field(
         None,
@@ -34,6 +37,7 @@ class Assessment(BaseModel):
     policy_id: str = Field(description="sha256 of the rendered policy prompt.")
     model: str = Field(description="The model id or folder that answered.")
     engine: str = Field(description="The engine that ran the model.")
+    mode: str = Field("full", description="full (with rationale) or triage (scores only).")
 
     @property
     def failed(self) -> bool:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from enum import StrEnum
 from itertools import islice
 from pathlib import Path
 from typing import Any, overload
@@ -19,9 +21,15 @@ from llavaguard.engines import Engine, GenerationConfig, VisionRequest, load_eng
 from llavaguard.errors import ConfigError, EngineError, ImageError
 from llavaguard.images import ImageLimits, load_image, source_id
 from llavaguard.models import DEFAULT_MODEL, spec_for
-from llavaguard.policy import Policy, parse_answer
+from llavaguard.policy import Policy, answer_prefix, parse_answer
+from llavaguard.scoring import Scores, continuations, scores_from_logprobs
 
 _AUTO: Any = object()
+
+
+class Mode(StrEnum):
+    FULL = "full"  # rating, category, rationale and scores
+    TRIAGE = "triage"  # rating, category and scores from forward passes only
 
 
 def _numbered(images: Iterable[Any], ids: Iterable[str] | None) -> Iterator[tuple[str, Any]]:
@@ -51,10 +59,31 @@ class Guard:
         generation: GenerationConfig | None = None,
         system_prompt: str | None = _AUTO,
         image_limits: ImageLimits | None = None,
+        mode: str = "full",
+        threshold: float | None = None,
+        constrained: bool = True,
+        scores: bool = True,
+        rationale_max_chars: int = 2000,
     ) -> None:
         self.engine = engine
-        self.policy = Policy.load(policy)
+        try:
+            self.mode = Mode(mode)
+        except ValueError:
+            raise ConfigError(f"unknown mode {mode!r} (valid: full, triage)") from None
+        if threshold is not None and not 0.0 < threshold < 1.0:
+            raise ConfigError(f"threshold must be between 0 and 1, got {threshold}")
+        if self.mode is Mode.TRIAGE and not (scores and engine.can_score):
+            raise ConfigError(f"triage mode needs scores, which engine {engine.name} cannot give")
         self.generation = generation or GenerationConfig()
+        if constrained and self.generation.num_beams > 1:
+            raise ConfigError(
+                "constrained answers need num_beams=1; turn constraints off to use beam search"
+            )
+        self.threshold = threshold
+        self.constrained = constrained
+        self.scores = scores
+        self.rationale_max_chars = rationale_max_chars
+        self.policy = Policy.load(policy)
         if system_prompt is _AUTO:
             spec = spec_for(engine.model_id)
             system_prompt = spec.system_prompt if spec else None
@@ -71,15 +100,25 @@ class Guard:
         generation: GenerationConfig | None = None,
         system_prompt: str | None = _AUTO,
         image_limits: ImageLimits | None = None,
+        mode: str = "full",
+        threshold: float | None = None,
+        constrained: bool = True,
+        scores: bool = True,
         **engine_options: Any,
     ) -> Guard:
         """Load a model (hub id or folder) into the named engine and wrap it."""
+        if mode not in {m.value for m in Mode}:
+            raise ConfigError(f"unknown mode {mode!r} (valid: full, triage)")
         return cls(
             load_engine(engine, model, **engine_options),
             policy=policy,
             generation=generation,
             system_prompt=system_prompt,
             image_limits=image_limits,
+            mode=mode,
+            threshold=threshold,
+            constrained=constrained,
+            scores=scores,
         )
 
     # ------------------------------------------------------------------------------------
@@ -162,56 +201,129 @@ class Guard:
         return out
 
     def _assess_loaded(self, loaded: list[tuple[str, Any]], policy: Policy) -> list[Assessment]:
-        ok = [(i, img) for i, (_, img) in enumerate(loaded) if not isinstance(img, Exception)]
-        requests = [
-            VisionRequest(text=policy.text, images=(img,), system=self.system_prompt)
-            for _, img in ok
+        ok = [i for i, (_, img) in enumerate(loaded) if not isinstance(img, Exception)]
+        base = [
+            VisionRequest(text=policy.text, images=(loaded[i][1],), system=self.system_prompt)
+            for i in ok
         ]
-        answers: dict[int, str | Exception] = dict(
-            zip([i for i, _ in ok], self._generate(requests), strict=True)
-        )
-        results = []
+        scores = self._scores(base, policy)
+        results: dict[int, Assessment] = {}
+        to_generate: list[tuple[int, VisionRequest, Scores | None]] = []
+        for i, request, score in zip(ok, base, scores, strict=True):
+            if isinstance(score, Exception):
+                results[i] = self._record(loaded[i][0], policy, error=str(score))
+            elif self.mode is Mode.TRIAGE:
+                results[i] = self._triage_record(loaded[i][0], policy, score)
+            else:
+                to_generate.append((i, self._answer_request(request, score), score))
+        answers = self._generate([r for _, r, _ in to_generate], policy)
+        for (i, request, score), answer in zip(to_generate, answers, strict=True):
+            if isinstance(answer, Exception):
+                results[i] = self._record(loaded[i][0], policy, error=str(answer))
+            else:
+                results[i] = self._full_record(loaded[i][0], policy, request.prefix + answer, score)
         for i, (image_id, img) in enumerate(loaded):
-            outcome: Any = img if isinstance(img, Exception) else answers[i]
-            results.append(self._record(image_id, outcome, policy))
-        return results
+            if isinstance(img, Exception):
+                results[i] = self._record(image_id, policy, error=str(img))
+        return [results[i] for i in range(len(loaded))]
 
-    def _generate(self, requests: list[VisionRequest]) -> list[str | Exception]:
+    # ---- scores ----------------------------------------------------------------------------
+    def _scores(self, requests: list[VisionRequest], policy: Policy) -> list[Any]:
+        """Scores per request (None without a scoring engine, or the error it raised)."""
+        if not self.scores or not self.engine.can_score:
+            return [None] * len(requests)
+        rated = [replace(r, prefix=answer_prefix()) for r in requests]
+        conts = continuations(policy)
+        out: list[Any] = []
+        for r in rated:  # the engine prefills once per request anyway; errors stay per image
+            try:
+                (logprobs,) = self.engine.score([r], conts)
+                out.append(scores_from_logprobs(policy, logprobs))
+            except EngineError as e:
+                out.append(e)
+        return out
+
+    def _decided(self, score: Scores) -> tuple[str, str]:
+        rating = score.rating(self.threshold if self.threshold is not None else 0.5)
+        return rating, score.best_category(rating)
+
+    def _answer_request(self, request: VisionRequest, score: Scores | None) -> VisionRequest:
+        """Greedy, constrained and scored: rating and category are the scores' choice (the
+        whole-label argmax), and the model writes the rationale for them."""
+        greedy = not self.generation.do_sample and self.generation.num_beams == 1
+        if score is not None and self.constrained and greedy:
+            return replace(request, prefix=answer_prefix(*self._decided(score)))
+        return request
+
+    # ---- generation ------------------------------------------------------------------------
+    def _generate(self, requests: list[VisionRequest], policy: Policy) -> list[str | Exception]:
         """Answers for a batch; if the batch fails, each request is tried alone."""
         if not requests:
             return []
+        config = self.generation
+        if self.constrained:
+            schema = policy.answer_schema(self.rationale_max_chars)
+            config = config.model_copy(update={"json_schema": schema})
         try:
-            return list(self.engine.generate(requests, self.generation))
+            return list(self.engine.generate(requests, config))
         except EngineError as e:
             if len(requests) == 1:
                 return [e]
         out: list[str | Exception] = []
         for r in requests:
             try:
-                out.extend(self.engine.generate([r], self.generation))
+                out.extend(self.engine.generate([r], config))
             except EngineError as e:
                 out.append(e)
         return out
 
-    def _record(self, image_id: str, outcome: str | Exception, policy: Policy) -> Assessment:
-        common = {
-            "image": image_id,
-            "policy": policy.describe(),
-            "policy_id": policy.id,
-            "model": self.engine.model_id,
-            "engine": self.engine.name,
-        }
-        if isinstance(outcome, Exception):
-            return Assessment(**common, error=str(outcome))
-        parsed = parse_answer(outcome, policy)
+    # ---- records ---------------------------------------------------------------------------
+    def _record(self, image_id: str, policy: Policy, **fields: Any) -> Assessment:
         return Assessment(
-            **common,
-            rating=parsed.rating,
+            image=image_id,
+            policy=policy.describe(),
+            policy_id=policy.id,
+            model=self.engine.model_id,
+            engine=self.engine.name,
+            mode=self.mode.value,
+            **fields,
+        )
+
+    def _triage_record(self, image_id: str, policy: Policy, score: Scores | None) -> Assessment:
+        assert score is not None  # triage needs scores; checked when the Guard is built
+        rating, category = self._decided(score)
+        return self._record(
+            image_id,
+            policy,
+            rating=rating,
+            category=category,
+            score=score.p_unsafe,
+            category_scores=score.category_scores[rating],
+            valid=True,
+        )
+
+    def _full_record(
+        self, image_id: str, policy: Policy, answer: str, score: Scores | None
+    ) -> Assessment:
+        parsed = parse_answer(answer, policy)
+        rating = parsed.rating
+        if score is not None and self.threshold is not None:
+            rating = score.rating(self.threshold)  # the threshold decides, not the text
+        fields: dict[str, Any] = {}
+        if score is not None:
+            fields["score"] = score.p_unsafe
+            if rating is not None:
+                fields["category_scores"] = score.category_scores[rating]
+        return self._record(
+            image_id,
+            policy,
+            rating=rating,
             category=parsed.category,
             rationale=parsed.rationale,
             valid=parsed.valid,
             error=parsed.error,
-            raw=outcome,
+            raw=answer,
+            **fields,
         )
 
     def close(self) -> None:

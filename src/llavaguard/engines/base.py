@@ -10,7 +10,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -25,6 +25,7 @@ class VisionRequest:
     text: str
     images: tuple[Image.Image, ...] = field(default_factory=tuple)
     system: str | None = None
+    prefix: str = ""  # the start of the assistant's answer, taken as given (teacher-forced)
 
 
 class GenerationConfig(BaseModel):
@@ -38,6 +39,9 @@ class GenerationConfig(BaseModel):
     top_k: int | None = Field(None, ge=1)
     num_beams: int = Field(1, ge=1)
     seed: int | None = Field(None, description="Seed for sampling; makes it repeatable.")
+    json_schema: dict[str, Any] | None = Field(
+        None, description="Constrain the answer to this JSON schema (structured output)."
+    )
 
     @property
     def do_sample(self) -> bool:
@@ -66,6 +70,21 @@ class Engine(ABC):
         self, requests: Sequence[VisionRequest], config: GenerationConfig | None = None
     ) -> list[str]:
         """Answer every request, in order. Raises EngineError if the batch as a whole fails."""
+
+    def score(
+        self, requests: Sequence[VisionRequest], continuations: Sequence[str]
+    ) -> list[list[float]]:
+        """Log-probability of each continuation right after each request's prefix.
+
+        A continuation's log-probability is the sum over its tokens, so labels that split into
+        several tokens compare fairly. Engines that cannot score raise NotImplementedError,
+        and callers then go without scores.
+        """
+        raise NotImplementedError(f"engine {self.name} gives no scores")
+
+    @property
+    def can_score(self) -> bool:
+        return type(self).score is not Engine.score
 
     def close(self) -> None:
         """Release memory or connections; the engine is unusable afterwards."""

@@ -102,6 +102,7 @@ class TransformersEngine(Engine):
             raise ModelLoadError(f"{model}: its processor has no tokenizer")
         self.tokenizer.padding_side = "left"
         self._torch = torch
+        self._grammar_cache: Any = None
         log.info(
             "loaded %s (%s) on %s as %s in %.1fs",
             model, self.family, self.device, str(self.dtype).removeprefix("torch."),
@@ -118,9 +119,10 @@ class TransformersEngine(Engine):
         content = [{"type": "image"} for _ in request.images]
         content.append({"type": "text", "text": request.text})
         messages.append({"role": "user", "content": content})
-        return self.processor.apply_chat_template(
+        prompt = self.processor.apply_chat_template(
             messages, add_generation_prompt=True, tokenize=False
         )
+        return prompt + request.prefix
 
     def _generation_kwargs(self, config: GenerationConfig) -> dict[str, Any]:
         gen = self.model.generation_config
@@ -145,23 +147,115 @@ class TransformersEngine(Engine):
             return []
         config = config or GenerationConfig()
         torch = self._torch
-        texts = [self._prompt(r) for r in requests]
-        images = [list(r.images) for r in requests]
+        kwargs = self._generation_kwargs(config)
         try:
-            inputs = self.processor(
-                images=images if any(images) else None,
-                text=texts,
-                padding=True,
-                return_tensors="pt",
-            ).to(self.device, dtype=self.dtype)
+            if config.json_schema is not None:
+                if config.num_beams > 1:
+                    raise EngineError("constrained answers need num_beams=1 (no beam search)")
+                kwargs["logits_processor"] = [
+                    self._grammars().processor(
+                        config.json_schema, [r.prefix for r in requests], config.max_new_tokens
+                    )
+                ]
+            inputs = self._inputs(requests)
             if config.seed is not None:
                 torch.manual_seed(config.seed)
             with torch.inference_mode():
-                out = self.model.generate(**inputs, **self._generation_kwargs(config))
+                out = self.model.generate(**inputs, **kwargs)
+        except EngineError:
+            raise
         except Exception as e:
             raise EngineError(f"{self.model_id}: generation failed ({_one_line(e)})") from e
         new_tokens = out[:, inputs["input_ids"].shape[1] :]
         return self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+
+    def _inputs(self, requests: Sequence[VisionRequest]) -> Any:
+        texts = [self._prompt(r) for r in requests]
+        images = [list(r.images) for r in requests]
+        return self.processor(
+            images=images if any(images) else None, text=texts, padding=True, return_tensors="pt"
+        ).to(self.device, dtype=self.dtype)
+
+    def _grammars(self) -> Any:
+        if self._grammar_cache is None:
+            from llavaguard.engines.constrain import GrammarCache
+
+            vocab = self.model.get_output_embeddings().weight.shape[0]
+            self._grammar_cache = GrammarCache(self.tokenizer, vocab)
+        return self._grammar_cache
+
+    # ---- scores -------------------------------------------------------------------------
+    def _continuation_tokens(self, prefix: str, continuations: Sequence[str]) -> list[list[int]]:
+        """Token ids of each continuation as it is tokenized after the prefix.
+
+        Tokenizing prefix+continuation and cutting off the prefix's tokens keeps the
+        boundary exactly as the model would see it in a generated answer.
+        """
+        encode = self.tokenizer.encode
+        base = encode(prefix, add_special_tokens=False)
+        out = []
+        for c in continuations:
+            full = encode(prefix + c, add_special_tokens=False)
+            ids = (
+                full[len(base) :]
+                if full[: len(base)] == base
+                else encode(c, add_special_tokens=False)
+            )
+            if not ids:
+                raise EngineError(f"continuation {c!r} has no tokens")
+            out.append(ids)
+        return out
+
+    def score(
+        self, requests: Sequence[VisionRequest], continuations: Sequence[str]
+    ) -> list[list[float]]:
+        """One prefill per request, then every continuation at once on the shared KV cache."""
+        try:
+            return [self._score_one(r, continuations) for r in requests]
+        except EngineError:
+            raise
+        except Exception as e:
+            raise EngineError(f"{self.model_id}: scoring failed ({_one_line(e)})") from e
+
+    def _score_one(self, request: VisionRequest, continuations: Sequence[str]) -> list[float]:
+        torch = self._torch
+        options = self._continuation_tokens(request.prefix, continuations)
+        with torch.inference_mode():
+            inputs = self._inputs([request])
+            length = inputs["input_ids"].shape[1]
+            out = self.model(**inputs, use_cache=True, logits_to_keep=1)
+            first = torch.log_softmax(out.logits[0, -1].float(), dim=-1)
+            totals = [first[ids[0]].item() for ids in options]
+            longest = max(len(ids) for ids in options)
+            if longest == 1:
+                return totals
+            n = len(options)
+            cache = out.past_key_values
+            cache.batch_repeat_interleave(n)
+            pad = self.tokenizer.pad_token_id or 0
+            ids = torch.tensor(
+                [o + [pad] * (longest - len(o)) for o in options], device=self.device
+            )
+            positions = torch.arange(length, length + longest, device=self.device)
+            extra: dict[str, Any] = {}
+            rope_deltas = getattr(getattr(self.model, "model", None), "rope_deltas", None)
+            if rope_deltas is not None:  # Qwen-VL multimodal rope: text row + 3 rope rows
+                text = positions.view(1, 1, -1).expand(1, n, -1)
+                rope = text.expand(3, -1, -1) + rope_deltas.repeat_interleave(n, 0).view(1, n, 1)
+                extra["position_ids"] = torch.cat([text, rope], dim=0)
+            out2 = self.model(
+                input_ids=ids,
+                attention_mask=torch.ones(
+                    n, length + longest, dtype=torch.long, device=self.device
+                ),
+                past_key_values=cache,
+                cache_position=positions,
+                **extra,
+            )
+            logp = torch.log_softmax(out2.logits.float(), dim=-1)
+        for i, o in enumerate(options):
+            totals[i] += sum(logp[i, j - 1, o[j]].item() for j in range(1, len(o)))
+        return totals
 
     def close(self) -> None:
         self.model = None  # type: ignore[assignment]

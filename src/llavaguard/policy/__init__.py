@@ -1,6 +1,12 @@
 """Policies: taxonomies, their rendering to prompt text, and the reading of model answers."""
 
-from llavaguard.policy.answer import RATINGS, ParsedAnswer, canonical_category, parse_answer
+from llavaguard.policy.answer import (
+    RATINGS,
+    ParsedAnswer,
+    answer_prefix,
+    canonical_category,
+    parse_answer,
+)
 from llavaguard.policy.prompt import Policy, State, parse_codes
 from llavaguard.policy.taxonomy import (
     DEFAULT_POLICY,
@@ -18,6 +24,7 @@ __all__ = [
     "Policy",
     "State",
     "Taxonomy",
+    "answer_prefix",
     "canonical_category",
     "list_builtin",
     "load_builtin",

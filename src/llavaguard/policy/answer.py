@@ -138,7 +138,7 @@ def _parse(text: Any, policy: Policy) -> ParsedAnswer:
     missing = [
         n
         for n, v in (("rating", rating), ("category", category), ("rationale", rationale))
-        if not v
+        if v is None  # a blank rationale is still an answer; a missing one is not
     ]
     if missing:
         problems.insert(0, "missing " + ", ".join(missing))
@@ -146,3 +146,18 @@ def _parse(text: Any, policy: Policy) -> ParsedAnswer:
     if valid:
         problems = []
     return ParsedAnswer(rating, category, rationale, valid, "; ".join(problems) or None)
+
+
+def answer_prefix(rating: str | None = None, category: str | None = None) -> str:
+    """The start of an answer in the layout the models were trained on (json.dumps, indent 4).
+
+    Teacher-forcing this text puts the model exactly where it names the rating, the category,
+    or starts the rationale, which is how scores and constrained answers are computed.
+    """
+    text = '{\n    "rating": "'
+    if rating is None:
+        return text
+    text += f'{rating}",\n    "category": "'
+    if category is None:
+        return text
+    return text + json.dumps(category)[1:-1] + '",\n    "rationale": "'

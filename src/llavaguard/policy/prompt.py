@@ -13,6 +13,7 @@ from collections.abc import Iterable, Mapping
 from enum import StrEnum
 from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
@@ -164,6 +165,19 @@ class Policy(BaseModel):
     def id(self) -> str:
         """sha256 of the rendered text: stable across runs, machines and versions."""
         return hashlib.sha256(self.text.encode("utf-8")).hexdigest()
+
+    def answer_schema(self, rationale_max_chars: int = 2000) -> dict[str, Any]:
+        """JSON schema of a valid answer under this policy, keys in the trained order."""
+        return {
+            "type": "object",
+            "properties": {
+                "rating": {"type": "string", "enum": ["Safe", "Unsafe"]},
+                "category": {"type": "string", "enum": self.labels},
+                "rationale": {"type": "string", "maxLength": rationale_max_chars},
+            },
+            "required": ["rating", "category", "rationale"],
+            "additionalProperties": False,
+        }
 
     def describe(self) -> str:
         """A short human label, e.g. 'llavaguard-v1.2 (allow O3; sensitive O6)'."""
