@@ -19,7 +19,7 @@ from typing import Any, overload
 from llavaguard.assessment import Assessment
 from llavaguard.engines import Engine, GenerationConfig, VisionRequest, load_engine
 from llavaguard.errors import ConfigError, EngineError, ImageError
-from llavaguard.images import ImageLimits, load_image, source_id
+from llavaguard.images import ImageLimits, fit_pixels, load_image, source_id
 from llavaguard.models import DEFAULT_MODEL, spec_for
 from llavaguard.policy import Policy, answer_prefix, parse_answer
 from llavaguard.scoring import Scores, continuations, scores_from_logprobs
@@ -64,6 +64,7 @@ class Guard:
         constrained: bool = True,
         scores: bool = True,
         rationale_max_chars: int = 2000,
+        image_max_pixels: int | None = None,
     ) -> None:
         self.engine = engine
         try:
@@ -83,6 +84,9 @@ class Guard:
         self.constrained = constrained
         self.scores = scores
         self.rationale_max_chars = rationale_max_chars
+        if image_max_pixels is not None and image_max_pixels < 28 * 28:
+            raise ConfigError(f"image_max_pixels must be at least 784, got {image_max_pixels}")
+        self.image_max_pixels = image_max_pixels
         self.policy = Policy.load(policy)
         if system_prompt is _AUTO:
             spec = spec_for(engine.model_id)
@@ -104,6 +108,7 @@ class Guard:
         threshold: float | None = None,
         constrained: bool = True,
         scores: bool = True,
+        image_max_pixels: int | None = None,
         **engine_options: Any,
     ) -> Guard:
         """Load a model (hub id or folder) into the named engine and wrap it."""
@@ -119,6 +124,7 @@ class Guard:
             threshold=threshold,
             constrained=constrained,
             scores=scores,
+            image_max_pixels=image_max_pixels,
         )
 
     # ------------------------------------------------------------------------------------
@@ -195,7 +201,10 @@ class Guard:
         out: list[tuple[str, Any]] = []
         for image_id, src in batch:
             try:
-                out.append((image_id, load_image(src, limits=self.image_limits, name=image_id)))
+                image = load_image(src, limits=self.image_limits, name=image_id)
+                if self.image_max_pixels is not None:
+                    image = fit_pixels(image, self.image_max_pixels)
+                out.append((image_id, image))
             except ImageError as e:
                 out.append((image_id, e))
         return out

@@ -152,6 +152,21 @@ def _scale_to_8bit(im: Image.Image) -> Image.Image:
     return im.point(lambda v: (v - lo) * scale).convert("L")
 
 
+def fit_pixels(im: Image.Image, max_pixels: int) -> Image.Image:
+    """Downscale, keeping the aspect ratio, so width x height <= max_pixels.
+
+    The image token budget of a VLM grows with the pixels it is given (LLaVA-OneVision picks
+    more 729-token tiles, Qwen2.5-VL more 28x28 patches), so this is the one knob that bounds
+    the cost of an image for every engine.
+    """
+    w, h = im.size
+    if w * h <= max_pixels:
+        return im
+    scale = (max_pixels / (w * h)) ** 0.5
+    size = (max(1, int(w * scale)), max(1, int(h * scale)))
+    return im.resize(size, Image.Resampling.BICUBIC)
+
+
 def expand_paths(paths: Iterable[str | os.PathLike]) -> Iterator[Path]:
     """Folders become their image files (recursive, sorted, hidden ones skipped); other paths
     are passed through as given, so a missing or odd file gets its own error record."""

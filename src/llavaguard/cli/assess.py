@@ -53,6 +53,21 @@ def assess(
     max_file_mb: float | None = typer.Option(
         None, "--max-file-mb", help="Reject larger files (default 64)."
     ),
+    mode: str = typer.Option(
+        "full", "--mode", help="full: rating, category, rationale, scores. triage: no rationale."
+    ),
+    threshold: float | None = typer.Option(
+        None, "--threshold", help="Decide the rating as P(Unsafe) >= T instead of the argmax."
+    ),
+    constrain: bool = typer.Option(
+        True, "--constrain/--no-constrain", help="Constrain answers to the policy's JSON schema."
+    ),
+    image_max_pixels: int | None = typer.Option(
+        None,
+        "--image-max-pixels",
+        help="Downscale images to at most this many pixels before the model (fewer image "
+        "tokens, faster); e.g. 147456 = one 384x384 tile.",
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary."),
 ) -> None:
     """Assess images against a policy; one record per input, in input order.
@@ -95,6 +110,10 @@ def assess(
             policy=active,
             generation=generation,
             image_limits=ImageLimits(**limits),
+            mode=mode,
+            threshold=threshold,
+            constrained=constrain,
+            image_max_pixels=image_max_pixels,
             **engine_options,
         )
     progress, on_start, on_batch = _progress(quiet)
