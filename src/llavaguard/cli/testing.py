@@ -18,11 +18,14 @@ def tiny_model(
         "llava-onevision", "--family", help="llava-onevision, llava or qwen2.5-vl."
     ),
     seed: int = typer.Option(0, "--seed", help="Seed for the random weights."),
+    size: str = typer.Option(
+        "tiny", "--size", help="tiny, or 0.5b: the real LlavaGuard-0.5B architecture, for timing."
+    ),
 ) -> None:
     """Build a tiny, randomly initialised model that stock transformers loads."""
     from llavaguard.testing import build_tiny_model
 
-    path = build_tiny_model(out, family, seed=seed)
+    path = build_tiny_model(out, family, seed=seed, size=size)
     typer.echo(str(path))
 
 

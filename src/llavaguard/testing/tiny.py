@@ -1,10 +1,14 @@
 """Tiny, randomly initialised models of the real VLM classes, built with no download.
 
-Users test their integrations with these, and so do this project's tests: the folders are
-ordinary model folders (config, safetensors, tokenizer, processor, chat template) that stock
-``AutoProcessor`` / ``AutoModelForImageTextToText`` load. The tokenizer is trained here on the
-policy text and answer vocabulary so prompts tokenize realistically. What the models say is
-noise: this module knows nothing about answers, only about building loadable folders.
+Users test their integrations with these, and so do this project's tests: each folder is an
+ordinary model folder (config, safetensors, generation config, tokenizer, processor, chat
+template) that stock ``AutoProcessor`` / ``AutoModelForImageTextToText`` load offline. The
+tokenizer is trained here on the policy text and the answer vocabulary, so prompts tokenize
+realistically and ``Safe`` / ``Unsafe`` are single tokens.
+
+What this module deliberately does not know: what the models say (random weights, so their
+answers are noise), how prompts or answers are built or parsed (that is ``llavaguard.policy``),
+and which hub model a family stands for (that is ``llavaguard.models``).
 """
 
 from __future__ import annotations
@@ -19,34 +23,45 @@ from llavaguard.errors import ConfigError
 
 FAMILIES: tuple[str, ...] = ("llava-onevision", "llava", "qwen2.5-vl")
 
-# Written without whitespace control so the newlines stay exactly where ChatML puts them.
-_CHATML = (
-    "{% for message in messages %}"
-    "<|im_start|>{{ message['role'] }}\n"
-    "{% if message['content'] is string %}{{ message['content'] }}"
-    "{% else %}{% for c in message['content'] %}"
-    "{% if c['type'] == 'image' %}IMAGE{% elif c['type'] == 'text' %}{{ c['text'] }}{% endif %}"
-    "{% endfor %}{% endif %}<|im_end|>\n"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
-# Qwen2.5-VL's own template adds this system turn when none is given; keep that behaviour.
-_QWEN_SYSTEM = (
-    "{% if messages[0]['role'] != 'system' %}"
-    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
-)
+_VOCAB_SIZE = 1024
+
+
+def _chatml(image: str, video: str, *, default_system: bool) -> str:
+    """A ChatML template; written without whitespace control so every newline is visible."""
+    system = (
+        "{% if messages[0]['role'] != 'system' %}"
+        "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
+    )
+    body = (
+        "{% for message in messages %}"
+        "<|im_start|>{{ message['role'] }}\n"
+        "{% if message['content'] is string %}{{ message['content'] }}"
+        "{% else %}{% for c in message['content'] %}"
+        f"{{% if c['type'] == 'image' %}}{image}"
+        f"{{% elif c['type'] == 'video' %}}{video}"
+        "{% elif c['type'] == 'text' %}"
+        "{% if message['role'] == 'assistant' %}{% generation %}{{ c['text'] }}{% endgeneration %}"
+        "{% else %}{{ c['text'] }}{% endif %}"
+        "{% endif %}{% endfor %}{% endif %}<|im_end|>\n"
+        "{% endfor %}"
+        "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+    )
+    return (system if default_system else "") + body
+
+
+# LLaVA-1.5 (vicuna v1): "USER: <image>\n{text} ASSISTANT: {answer}</s>", images before text.
 _VICUNA = (
     "{% for message in messages %}"
+    "{% if message['content'] is string %}{% set parts = [{'type': 'text', 'text': "
+    "message['content']}] %}{% else %}{% set parts = message['content'] %}{% endif %}"
     "{% if message['role'] == 'system' %}"
-    "{% for c in message['content'] %}{{ c['text'] }}{% endfor %} "
+    "{% for c in parts %}{% if c['type'] == 'text' %}{{ c['text'] }}{% endif %}{% endfor %} "
     "{% elif message['role'] == 'user' %}USER: "
-    "{% for c in message['content'] %}{% if c['type'] == 'image' %}<image>\n{% endif %}"
-    "{% endfor %}"
-    "{% for c in message['content'] %}{% if c['type'] == 'text' %}{{ c['text'] }}{% endif %}"
-    "{% endfor %} "
-    "{% else %}ASSISTANT: "
-    "{% for c in message['content'] %}{% if c['type'] == 'text' %}{{ c['text'] }}{% endif %}"
-    "{% endfor %}</s>"
+    "{% for c in parts %}{% if c['type'] == 'image' %}<image>\n{% endif %}{% endfor %}"
+    "{% for c in parts %}{% if c['type'] == 'text' %}{{ c['text'] }}{% endif %}{% endfor %} "
+    "{% else %}ASSISTANT: {% generation %}"
+    "{% for c in parts %}{% if c['type'] == 'text' %}{{ c['text'] }}{% endif %}{% endfor %}"
+    "</s>{% endgeneration %}"
     "{% endif %}"
     "{% endfor %}"
     "{% if add_generation_prompt %}ASSISTANT:{% endif %}"
@@ -91,7 +106,8 @@ def _corpus() -> list[str]:
     return texts
 
 
-def _tokenizer(family: str, vocab_size: int) -> Any:
+def _tokenizer(family: str) -> Any:
+    """Train a byte-level BPE (well under a second) and wrap it with the family's specials."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -100,53 +116,89 @@ def _tokenizer(family: str, vocab_size: int) -> Any:
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
+        vocab_size=_VOCAB_SIZE,
         special_tokens=specials,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
     tok.train_from_iterator(_corpus(), trainer)
     if family == "llava":
-        names = dict(unk_token="<unk>", bos_token="<s>", eos_token="</s>", pad_token="<pad>")
-    else:
+        # Llama tokenizers put <s> in front of every text; the llava-hf template relies on it.
+        names: dict[str, Any] = dict(
+            unk_token="<unk>", bos_token="<s>", eos_token="</s>", pad_token="<pad>"
+        )
+        names["add_bos_token"] = True
+    else:  # Qwen2 tokenizers add no BOS; <|endoftext|> pads, <|im_end|> ends a turn.
         names = dict(eos_token="<|im_end|>", pad_token="<|endoftext|>")
     named = set(names.values())
     return PreTrainedTokenizerFast(
         tokenizer_object=tok,
-        padding_side="left",
+        padding_side="left",  # set here: set after construction, it is not saved
         extra_special_tokens=[s for s in specials if s not in named],
         **names,
     )
 
 
+SIZES: tuple[str, ...] = ("tiny", "0.5b")
+
+
 def build_tiny_model(
-    out_dir: str | os.PathLike, family: str = "llava-onevision", *, seed: int = 0
+    out_dir: str | os.PathLike,
+    family: str = "llava-onevision",
+    *,
+    seed: int = 0,
+    size: str = "tiny",
 ) -> Path:
-    """Write a tiny random model of ``family`` to ``out_dir`` and return the folder."""
+    """Write a random model of ``family`` to ``out_dir`` and return the folder.
+
+    The same seed gives the same weights; the caller's global torch RNG is left untouched.
+    ``size="0.5b"`` (llava-onevision only) builds the real LlavaGuard-v1.2-0.5B-OV
+    architecture (Qwen2-0.5B text, SigLIP-so400m vision, 384-px anyres tiles, the full
+    151,936-token vocabulary) with random weights, saved in bfloat16: for timing, not answers.
+    """
     if family not in FAMILIES:
         raise ConfigError(f"unknown model family {family!r} (valid: {', '.join(FAMILIES)})")
+    if size not in SIZES or (size != "tiny" and family != "llava-onevision"):
+        raise ConfigError(
+            f"size {size!r} is not available for {family} (tiny; 0.5b for llava-onevision)"
+        )
     import torch
-    from transformers.utils import logging as hf_logging
 
-    hf_logging.disable_progress_bar()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    tokenizer = _tokenizer(family, vocab_size=1024)
+    tokenizer = _tokenizer(family)
     builder = {"llava-onevision": _onevision, "llava": _llava, "qwen2.5-vl": _qwen25vl}[family]
-    torch.manual_seed(seed)
-    model, processor = builder(tokenizer)
-    pad = tokenizer.pad_token_id
-    eos = tokenizer.eos_token_id
-    model.generation_config.pad_token_id = pad
-    model.generation_config.eos_token_id = eos
-    model.generation_config.bos_token_id = tokenizer.bos_token_id
-    for cfg in (model.config, getattr(model.config, "text_config", None)):
-        if cfg is not None:  # keep config ids inside the tiny vocabulary
-            cfg.pad_token_id, cfg.eos_token_id = pad, eos
-            cfg.bos_token_id = tokenizer.bos_token_id
-    model.save_pretrained(out)
+    if size == "0.5b":
+        builder = _onevision_05b
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model, processor = builder(tokenizer)
+    if size != "tiny":
+        model = model.to(torch.bfloat16)
+    ids = dict(
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+    )
+    for cfg in (model.generation_config, model.config, model.config.get_text_config()):
+        for key, value in ids.items():  # keep every id inside the tiny vocabulary
+            setattr(cfg, key, value)
+    _quietly(model.save_pretrained, out)
     processor.save_pretrained(out)
     return out
+
+
+def _quietly(save: Any, out: Path) -> None:
+    """Save without transformers' progress bar, then restore the caller's setting."""
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        save(out)
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
 
 
 def _ids(tokenizer: Any, *tokens: str) -> list[int]:
@@ -163,6 +215,8 @@ def _onevision(tokenizer: Any) -> tuple[Any, Any]:
     )
 
     image, patch = 32, 8
+    # The grid lives in both the processor and the model config; they must agree, or the
+    # image-token count and the image-feature count differ.
     pinpoints = [[32, 32], [32, 64], [64, 32], [64, 64]]
     image_id, video_id = _ids(tokenizer, "<image>", "<video>")
     config = LlavaOnevisionConfig(
@@ -187,14 +241,78 @@ def _onevision(tokenizer: Any) -> tuple[Any, Any]:
     )
     model = LlavaOnevisionForConditionalGeneration(config)
     size = {"height": image, "width": image}
+    norm = dict(image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5])  # SigLIP's
     processor = LlavaOnevisionProcessor(
-        image_processor=LlavaOnevisionImageProcessor(size=size, image_grid_pinpoints=pinpoints),
-        video_processor=LlavaOnevisionVideoProcessor(size=size),
+        image_processor=LlavaOnevisionImageProcessor(
+            size=size, image_grid_pinpoints=pinpoints, **norm
+        ),
+        video_processor=LlavaOnevisionVideoProcessor(size=size, **norm),
         tokenizer=tokenizer,
         num_image_tokens=(image // patch) ** 2,
         vision_feature_select_strategy="full",
         vision_aspect_ratio="anyres_max_9",
-        chat_template=_CHATML.replace("IMAGE", "<image>\n"),
+        chat_template=_chatml("<image>\n", "<video>\n", default_system=False),
+    )
+    return model, processor
+
+
+def _onevision_05b(tokenizer: Any) -> tuple[Any, Any]:
+    """llava-onevision-qwen2-0.5b (the LlavaGuard-v1.2-0.5B-OV architecture) at full size."""
+    from transformers import (
+        LlavaOnevisionConfig,
+        LlavaOnevisionForConditionalGeneration,
+        LlavaOnevisionImageProcessor,
+        LlavaOnevisionProcessor,
+        LlavaOnevisionVideoProcessor,
+    )
+
+    tile = 384
+    pinpoints = [[tile * h, tile * w] for h in range(1, 7) for w in range(1, 7)]
+    image_id, video_id = _ids(tokenizer, "<image>", "<video>")
+    config = LlavaOnevisionConfig(
+        vision_config=dict(
+            model_type="siglip_vision_model",
+            hidden_size=1152,
+            intermediate_size=4304,
+            num_hidden_layers=26,
+            num_attention_heads=16,
+            image_size=tile,
+            patch_size=14,
+            vision_use_head=False,
+        ),
+        text_config=dict(
+            model_type="qwen2",
+            vocab_size=151936,
+            hidden_size=896,
+            intermediate_size=4864,
+            num_hidden_layers=24,
+            num_attention_heads=14,
+            num_key_value_heads=2,
+            max_position_embeddings=32768,
+            rope_theta=1000000.0,
+            tie_word_embeddings=True,
+        ),
+        image_token_index=image_id,
+        video_token_index=video_id,
+        vision_feature_select_strategy="full",
+        vision_feature_layer=-1,
+        vision_aspect_ratio="anyres_max_9",
+        image_grid_pinpoints=pinpoints,
+        tie_word_embeddings=True,
+    )
+    model = LlavaOnevisionForConditionalGeneration(config)
+    size = {"height": tile, "width": tile}
+    norm = dict(image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5])  # SigLIP's
+    processor = LlavaOnevisionProcessor(
+        image_processor=LlavaOnevisionImageProcessor(
+            size=size, image_grid_pinpoints=pinpoints, **norm
+        ),
+        video_processor=LlavaOnevisionVideoProcessor(size=size, **norm),
+        tokenizer=tokenizer,
+        num_image_tokens=(tile // 14) ** 2,
+        vision_feature_select_strategy="full",
+        vision_aspect_ratio="anyres_max_9",
+        chat_template=_chatml("<image>\n", "<video>\n", default_system=False),
     )
     return model, processor
 
@@ -233,7 +351,7 @@ def _llava(tokenizer: Any) -> tuple[Any, Any]:
         tokenizer=tokenizer,
         patch_size=patch,
         vision_feature_select_strategy="default",
-        num_additional_image_tokens=1,
+        num_additional_image_tokens=1,  # the CLS token, dropped by the "default" strategy
         chat_template=_VICUNA,
     )
     return model, processor
@@ -251,11 +369,15 @@ def _qwen25vl(tokenizer: Any) -> tuple[Any, Any]:
     image_id, video_id, start_id, end_id = _ids(
         tokenizer, "<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>"
     )
+    head_dim = _TEXT["hidden_size"] // _TEXT["num_attention_heads"]
+    section = [2, 3, 3]  # temporal, height, width; must sum to half the head size
+    assert sum(section) * 2 == head_dim
     config = Qwen2_5_VLConfig(
         text_config=dict(
             model_type="qwen2_5_vl_text",
             vocab_size=len(tokenizer),
-            rope_scaling={"type": "mrope", "mrope_section": [2, 3, 3]},
+            rope_parameters={"rope_type": "default", "mrope_section": section, "rope_theta": 1e6},
+            # the defaults are the real vocabulary's ids, which this one does not have
             bos_token_id=tokenizer.bos_token_id,
             eos_token_id=tokenizer.eos_token_id,
             pad_token_id=tokenizer.pad_token_id,
@@ -280,12 +402,15 @@ def _qwen25vl(tokenizer: Any) -> tuple[Any, Any]:
         tie_word_embeddings=True,
     )
     model = Qwen2_5_VLForConditionalGeneration(config)
-    pixels = {"shortest_edge": 56 * 56, "longest_edge": 112 * 112}
+    pixels = {"shortest_edge": 56 * 56, "longest_edge": 112 * 112}  # 4 to 16 tokens an image
     processor = Qwen2_5_VLProcessor(
         image_processor=Qwen2VLImageProcessor(size=pixels, patch_size=14, merge_size=2),
         video_processor=Qwen2VLVideoProcessor(size=pixels, patch_size=14, merge_size=2),
         tokenizer=tokenizer,
-        chat_template=_QWEN_SYSTEM
-        + _CHATML.replace("IMAGE", "<|vision_start|><|image_pad|><|vision_end|>"),
+        chat_template=_chatml(
+            "<|vision_start|><|image_pad|><|vision_end|>",
+            "<|vision_start|><|video_pad|><|vision_end|>",
+            default_system=True,  # Qwen2.5-VL's own template adds this system turn
+        ),
     )
     return model, processor
