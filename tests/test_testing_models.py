@@ -137,5 +137,5 @@ def test_sample_images(tmp_path):
 
 
 def test_real_size_only_for_onevision():
-    with pytest.raises(ConfigError, match="0.5b for llava-onevision"):
+    with pytest.raises(ConfigError, match=r"0\.5b for llava-onevision"):
         build_tiny_model("/nonexistent", "llava", size="0.5b")
