@@ -162,3 +162,24 @@ def test_fit_pixels():
     out = fit_pixels(im, 384 * 384)
     assert out.width * out.height <= 384 * 384 and abs(out.width / out.height - 2) < 0.02
     assert fit_pixels(im, 10**7) is im
+
+
+def test_answer_reuses_the_scored_prefill(engine, images, monkeypatch):
+    """Generating after scoring continues from the scored KV cache, with the same answer."""
+    guard = Guard(engine, generation=GenerationConfig(max_new_tokens=30))
+    hits = []
+    original = engine._reusable
+
+    def counting(request, input_ids):
+        cache = original(request, input_ids)
+        hits.append(cache is not None)
+        return cache
+
+    monkeypatch.setattr(engine, "_reusable", counting)
+    reused = guard.assess(images, batch_size=3)  # on a CPU, a batch is answered one by one
+    assert len(hits) == len(images) and all(hits)
+    monkeypatch.setattr(engine, "_remember", lambda *a: None)
+    engine._prefills.clear()
+    fresh = guard.assess(images, batch_size=1)
+    assert [a.raw for a in reused] == [a.raw for a in fresh]
+    assert all(a.valid for a in reused)

@@ -8,8 +8,10 @@ conversation is laid out; this engine only supplies images first, then text.
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
@@ -60,6 +62,7 @@ def pick_dtype(device: str, dtype: str | None = None) -> Any:
 
 class TransformersEngine(Engine):
     name: ClassVar[str] = "transformers"
+    PREFILLS_KEPT = 16  # scored prefills kept for reuse by the answers (one batch's worth)
 
     def __init__(
         self,
@@ -103,6 +106,7 @@ class TransformersEngine(Engine):
         self.tokenizer.padding_side = "left"
         self._torch = torch
         self._grammar_cache: Any = None
+        self._prefills: OrderedDict[tuple, Any] = OrderedDict()
         log.info(
             "loaded %s (%s) on %s as %s in %.1fs",
             model, self.family, self.device, str(self.dtype).removeprefix("torch."),
@@ -146,6 +150,13 @@ class TransformersEngine(Engine):
         if not requests:
             return []
         config = config or GenerationConfig()
+        if (
+            len(requests) > 1
+            and self.device == "cpu"
+            and all(self._has_prefill(r) for r in requests)
+        ):
+            # On a CPU, skipping each prefill saves more than batching the decode steps does.
+            return [text for r in requests for text in self.generate([r], config)]
         torch = self._torch
         kwargs = self._generation_kwargs(config)
         try:
@@ -158,6 +169,13 @@ class TransformersEngine(Engine):
                     )
                 ]
             inputs = self._inputs(requests)
+            cache = self._reusable(requests[0], inputs["input_ids"]) if len(requests) == 1 else None
+            if cache is not None:  # the image and policy are already in the cache
+                inputs = {
+                    "input_ids": inputs["input_ids"],
+                    "attention_mask": inputs["attention_mask"],
+                }
+                kwargs["past_key_values"] = cache
             if config.seed is not None:
                 torch.manual_seed(config.seed)
             with torch.inference_mode():
@@ -218,49 +236,121 @@ class TransformersEngine(Engine):
             raise EngineError(f"{self.model_id}: scoring failed ({_one_line(e)})") from e
 
     def _score_one(self, request: VisionRequest, continuations: Sequence[str]) -> list[float]:
+        """Prefill once; then the continuations as a two-level tree on copies of the cache.
+
+        Continuations that start with the same token usually share more (the rating, then
+        '",\n    "category": "'), so each such group runs its shared tokens once (stage A),
+        and only then are rows made for the members' own tails (stage B).
+        """
         torch = self._torch
         options = self._continuation_tokens(request.prefix, continuations)
         with torch.inference_mode():
             inputs = self._inputs([request])
             length = inputs["input_ids"].shape[1]
             out = self.model(**inputs, use_cache=True, logits_to_keep=1)
+            self._remember(request, inputs["input_ids"], out.past_key_values)
             first = torch.log_softmax(out.logits[0, -1].float(), dim=-1)
-            totals = [first[ids[0]].item() for ids in options]
-            longest = max(len(ids) for ids in options)
-            if longest == 1:
+            totals = [first[o[0]].item() for o in options]
+            multi = [i for i, o in enumerate(options) if len(o) > 1]
+            if not multi:
                 return totals
-            n = len(options)
-            cache = out.past_key_values
-            cache.batch_repeat_interleave(n)
-            pad = self.tokenizer.pad_token_id or 0
-            ids = torch.tensor(
-                [o + [pad] * (longest - len(o)) for o in options], device=self.device
-            )
-            positions = torch.arange(length, length + longest, device=self.device)
-            extra: dict[str, Any] = {}
-            rope_deltas = getattr(getattr(self.model, "model", None), "rope_deltas", None)
-            if rope_deltas is not None:  # Qwen-VL multimodal rope: text row + 3 rope rows
-                text = positions.view(1, 1, -1).expand(1, n, -1)
-                rope = text.expand(3, -1, -1) + rope_deltas.repeat_interleave(n, 0).view(1, n, 1)
-                extra["position_ids"] = torch.cat([text, rope], dim=0)
-            out2 = self.model(
-                input_ids=ids,
-                attention_mask=torch.ones(
-                    n, length + longest, dtype=torch.long, device=self.device
-                ),
-                past_key_values=cache,
-                cache_position=positions,
-                **extra,
-            )
-            logp = torch.log_softmax(out2.logits.float(), dim=-1)
-        for i, o in enumerate(options):
-            totals[i] += sum(logp[i, j - 1, o[j]].item() for j in range(1, len(o)))
+            groups: dict[int, list[int]] = {}
+            for i in multi:
+                groups.setdefault(options[i][0], []).append(i)
+            shared = min(_common_length([options[i][1:] for i in m]) for m in groups.values())
+            cache = copy.deepcopy(out.past_key_values)
+            cache.batch_repeat_interleave(len(groups))
+            heads = [
+                [first_token, *options[m[0]][1 : 1 + shared]] for first_token, m in groups.items()
+            ]
+            logp_a = self._extend(cache, heads, length)  # [groups, shared + 1, vocab]
+            rows = []
+            for g, members in enumerate(groups.values()):
+                for i in members:
+                    o = options[i]
+                    totals[i] += sum(logp_a[g, j, o[1 + j]].item() for j in range(shared))
+                    tail = o[1 + shared :]
+                    if tail:
+                        totals[i] += logp_a[g, shared, tail[0]].item()
+                    if len(tail) > 1:
+                        rows.append((i, g, tail))
+            if rows:
+                cache.batch_select_indices(
+                    torch.tensor([g for _, g, _ in rows], device=self.device)
+                )
+                logp_b = self._extend(cache, [t[:-1] for _, _, t in rows], length + shared + 1)
+                for r, (i, _, tail) in enumerate(rows):
+                    totals[i] += sum(logp_b[r, j - 1, tail[j]].item() for j in range(1, len(tail)))
         return totals
+
+    def _extend(self, cache: Any, rows: list[list[int]], start: int) -> Any:
+        """Feed one token list per cache row (right-padded) from position ``start``; return
+        the log-probabilities after each fed token."""
+        torch = self._torch
+        n, longest = len(rows), max(len(r) for r in rows)
+        pad = self.tokenizer.pad_token_id or 0
+        ids = torch.tensor([r + [pad] * (longest - len(r)) for r in rows], device=self.device)
+        positions = torch.arange(start, start + longest, device=self.device)
+        extra: dict[str, Any] = {}
+        rope_deltas = getattr(getattr(self.model, "model", None), "rope_deltas", None)
+        if rope_deltas is not None:  # Qwen-VL multimodal rope: a text row and 3 rope rows
+            text = positions.view(1, 1, -1).expand(1, n, -1)
+            rope = text.expand(3, -1, -1) + rope_deltas[:1].view(1, 1, 1)
+            extra["position_ids"] = torch.cat([text, rope], dim=0)
+        out = self.model(
+            input_ids=ids,
+            attention_mask=torch.ones(n, start + longest, dtype=torch.long, device=self.device),
+            past_key_values=cache,
+            cache_position=positions,
+            **extra,
+        )
+        return torch.log_softmax(out.logits.float(), dim=-1)
+
+    # ---- reusing a scored prefill for the answer ---------------------------------------
+    def _remember(self, request: VisionRequest, input_ids: Any, cache: Any) -> None:
+        """Keep scored prefills so the answers to the same requests skip their prefill."""
+        self._prefills[_request_key(request)[:-1]] = (
+            request.prefix,
+            input_ids,
+            copy.deepcopy(cache),
+        )
+        while len(self._prefills) > self.PREFILLS_KEPT:
+            self._prefills.popitem(last=False)
+
+    def _has_prefill(self, request: VisionRequest) -> bool:
+        entry = self._prefills.get(_request_key(request)[:-1])
+        return entry is not None and request.prefix.startswith(entry[0])
+
+    def _reusable(self, request: VisionRequest, input_ids: Any) -> Any:
+        entry = self._prefills.get(_request_key(request)[:-1])
+        if entry is None:
+            return None
+        prefix, cached_ids, cache = entry
+        n = cached_ids.shape[1]
+        if not request.prefix.startswith(prefix) or input_ids.shape[1] <= n:
+            return None
+        if not self._torch.equal(input_ids[:, :n], cached_ids):
+            return None
+        del self._prefills[_request_key(request)[:-1]]  # a cache is used up by its answer
+        return cache
 
     def close(self) -> None:
         self.model = None  # type: ignore[assignment]
         if self.device.startswith("cuda"):
             self._torch.cuda.empty_cache()
+
+
+def _request_key(r: VisionRequest) -> tuple:
+    return (r.text, r.system, tuple(id(im) for im in r.images), r.prefix)
+
+
+def _common_length(seqs: list[list[int]]) -> int:
+    """Length of the longest common prefix of token lists."""
+    n = min(len(s) for s in seqs)
+    for j in range(n):
+        if any(s[j] != seqs[0][j] for s in seqs):
+            return j
+    return n
 
 
 def _one_line(e: BaseException) -> str:
