@@ -34,6 +34,9 @@ class GenerationConfig(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     max_new_tokens: int = Field(500, ge=1, description="Room for a full rationale.")
+    min_new_tokens: int | None = Field(
+        None, ge=1, description="Generate at least this many tokens (fixed-length benchmarks)."
+    )
     temperature: float = Field(0.0, ge=0.0, description="0 means greedy decoding.")
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     top_k: int | None = Field(None, ge=1)

@@ -25,7 +25,11 @@ class GrammarCache:
         self._compiled: dict[str, Any] = {}
 
     def processor(
-        self, schema: dict[str, Any], prefixes: list[str], max_new_tokens: int
+        self,
+        schema: dict[str, Any],
+        prefixes: list[str],
+        max_new_tokens: int,
+        min_new_tokens: int = 0,
     ) -> JsonLogitsProcessor:
         key = json.dumps(schema)  # property order matters: it is the order of the keys
         if key not in self._compiled:
@@ -33,18 +37,28 @@ class GrammarCache:
                 key, any_whitespace=False, indent=4, separators=(",", ": ")
             )
         return JsonLogitsProcessor(
-            self._xgr, self._compiled[key], self.info, prefixes, max_new_tokens, self._closers()
+            self._xgr,
+            self._compiled[key],
+            self.info,
+            prefixes,
+            max_new_tokens,
+            self._closers(),
+            min_new_tokens,
         )
 
-    def _closers(self) -> Any:
-        """Tokens whose text starts with a double quote: the ones that can end a string."""
+    def _closers(self) -> tuple[Any, Any]:
+        """Token masks: text starting with a double quote (ends a string at once), and text
+        containing one anywhere (may end a string)."""
         if not hasattr(self, "_closing"):
             import torch
 
-            vocab = self.info.decoded_vocab
-            flags = [bool(t) and t[:1] == b'"' for t in vocab]
-            flags += [False] * (self.info.vocab_size - len(flags))
-            self._closing = torch.tensor(flags[: self.info.vocab_size])
+            vocab = list(self.info.decoded_vocab)
+            vocab += [b""] * (self.info.vocab_size - len(vocab))
+            vocab = vocab[: self.info.vocab_size]
+            self._closing = (
+                torch.tensor([t[:1] == b'"' for t in vocab]),
+                torch.tensor([b'"' in t for t in vocab]),
+            )
         return self._closing
 
 
@@ -54,7 +68,8 @@ class JsonLogitsProcessor:
     Each row starts its matcher from that row's forced prefix (the text already placed after
     the generation prompt), then follows the tokens the model picks. In the last few steps of
     the token budget an open string is closed as soon as the grammar allows, so an answer
-    that would run out of tokens still ends as valid JSON.
+    that would run out of tokens still ends as valid JSON; with ``min_new_tokens`` strings
+    are kept open until then (fixed-length runs for benchmarks).
     """
 
     RESERVE = 8  # tokens kept for closing the rationale, the object and the turn
@@ -67,9 +82,11 @@ class JsonLogitsProcessor:
         prefixes: list[str],
         max_new_tokens: int,
         closers: Any,
+        min_new_tokens: int = 0,
     ) -> None:
         self.xgr = xgr
         self.closing_from = max(0, max_new_tokens - self.RESERVE)
+        self.open_until = min(self.closing_from, max(0, min_new_tokens - self.RESERVE))
         self.closers = closers
         self.step = 0
         self.matchers = [xgr.GrammarMatcher(compiled) for _ in prefixes]
@@ -92,11 +109,12 @@ class JsonLogitsProcessor:
                 matcher.fill_next_token_bitmask(self.bitmask, i)
         self.started = True
         self.xgr.apply_token_bitmask_inplace(scores, self.bitmask.to(scores.device))
-        if self.step >= self.closing_from:
-            closers = self.closers.to(scores.device)
+        if self.step >= self.closing_from or self.step < self.open_until:
+            starts, contains = (m.to(scores.device)[: scores.shape[1]] for m in self.closers)
+            keep = starts if self.step >= self.closing_from else ~contains
             for i in range(rows):
-                closing = scores[i].masked_fill(~closers[: scores.shape[1]], float("-inf"))
-                if closing.isfinite().any():
-                    scores[i] = closing
+                narrowed = scores[i].masked_fill(~keep, float("-inf"))
+                if narrowed.isfinite().any():  # only where the grammar leaves a choice
+                    scores[i] = narrowed
         self.step += 1
         return scores

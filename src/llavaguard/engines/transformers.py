@@ -107,6 +107,7 @@ class TransformersEngine(Engine):
         self._torch = torch
         self._grammar_cache: Any = None
         self._prefills: OrderedDict[tuple, Any] = OrderedDict()
+        self.generated_tokens = 0  # a running count, for benchmarks
         log.info(
             "loaded %s (%s) on %s as %s in %.1fs",
             model, self.family, self.device, str(self.dtype).removeprefix("torch."),
@@ -134,6 +135,8 @@ class TransformersEngine(Engine):
             "max_new_tokens": config.max_new_tokens,
             "num_beams": config.num_beams,
             "do_sample": config.do_sample,
+            # with a grammar, the processor holds the answer open instead (see constrain.py)
+            "min_new_tokens": None if config.json_schema else config.min_new_tokens,
             "pad_token_id": gen.pad_token_id
             if gen.pad_token_id is not None
             else self.tokenizer.pad_token_id,
@@ -165,7 +168,10 @@ class TransformersEngine(Engine):
                     raise EngineError("constrained answers need num_beams=1 (no beam search)")
                 kwargs["logits_processor"] = [
                     self._grammars().processor(
-                        config.json_schema, [r.prefix for r in requests], config.max_new_tokens
+                        config.json_schema,
+                        [r.prefix for r in requests],
+                        config.max_new_tokens,
+                        config.min_new_tokens or 0,
                     )
                 ]
             inputs = self._inputs(requests)
@@ -185,6 +191,10 @@ class TransformersEngine(Engine):
         except Exception as e:
             raise EngineError(f"{self.model_id}: generation failed ({_one_line(e)})") from e
         new_tokens = out[:, inputs["input_ids"].shape[1] :]
+        pad = kwargs["pad_token_id"]
+        self.generated_tokens += (
+            int((new_tokens != pad).sum()) if pad is not None else new_tokens.numel()
+        )
         return self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
 
     def _inputs(self, requests: Sequence[VisionRequest]) -> Any:
