@@ -18,8 +18,10 @@ def test_auto_choices_on_this_machine():
 
     device = pick_device()
     assert device in ("cuda", "mps", "cpu")
-    if device == "cpu":
-        assert pick_dtype("cpu") is torch.float32
+    from llavaguard.engines.transformers import cpu_has_bf16
+
+    expected = torch.bfloat16 if cpu_has_bf16() else torch.float32
+    assert pick_dtype("cpu") is expected
     assert pick_dtype("cpu", "bf16") is torch.bfloat16
     with pytest.raises(ConfigError, match="unknown dtype 'int3'"):
         pick_dtype("cpu", "int3")
@@ -35,6 +37,27 @@ def test_family_from_config_and_empty_batch(tmp_path):
     engine = load_engine("transformers", str(path))
     assert engine.family == "llava" and engine.name == "transformers"
     assert engine.generate([]) == []
+
+
+def test_float32_decode_attention_keeps_answers(tmp_path):
+    """bfloat16 on a CPU decodes with float32 attention; the answer is unchanged."""
+    from llavaguard import Guard
+    from llavaguard.engines import GenerationConfig
+    from llavaguard.engines.transformers import use_float32_decode_attention
+    from llavaguard.testing import build_tiny_model, make_sample_images
+
+    path = build_tiny_model(tmp_path / "m", "qwen2.5-vl")
+    images = make_sample_images(tmp_path / "img", 3)
+    config = GenerationConfig(max_new_tokens=20)
+    plain = load_engine("transformers", str(path), dtype="bfloat16")
+    plain.model.set_attn_implementation("sdpa")
+    mixed = load_engine("transformers", str(path), dtype="bfloat16")  # applied when loaded
+    assert use_float32_decode_attention(mixed.model)
+    assert mixed.model.config.get_text_config()._attn_implementation == "llavaguard_sdpa"
+    a = Guard(plain, generation=config).assess(images)
+    b = Guard(mixed, generation=config).assess(images)
+    assert [x.rating for x in a] == [x.rating for x in b]
+    assert all(x.valid for x in b)
 
 
 def test_broken_model_folder(tmp_path):

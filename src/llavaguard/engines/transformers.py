@@ -44,7 +44,7 @@ def pick_device(device: str | None = None) -> str:
 
 
 def pick_dtype(device: str, dtype: str | None = None) -> Any:
-    """bfloat16 on GPUs that have it, float16 on other accelerators, float32 on the CPU."""
+    """bfloat16 on GPUs and CPUs that have it, float16 on other accelerators, else float32."""
     import torch
 
     if dtype and dtype != "auto":
@@ -57,7 +57,56 @@ def pick_dtype(device: str, dtype: str | None = None) -> Any:
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     if device == "mps":
         return torch.float16
-    return torch.float32
+    return torch.bfloat16 if cpu_has_bf16() else torch.float32
+
+
+def cpu_has_bf16() -> bool:
+    """Whether this CPU has bfloat16 instructions (AVX512-BF16 or AMX); without them bf16
+    runs emulated and slower than float32."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            flags = f.read()
+    except OSError:
+        return False
+    return " avx512_bf16" in flags or " amx_bf16" in flags
+
+
+_MIXED_ATTENTION = "llavaguard_sdpa"
+
+
+def use_float32_decode_attention(model: Any) -> bool:
+    """Run single-token (decoding) attention of the language model in float32.
+
+    On CPUs PyTorch's bfloat16 attention kernel runs far below the matmul peak; for one query
+    token the float32 kernel is faster and the answer is unchanged (it is computed in higher
+    precision). Prefill stays in bfloat16. Registered through transformers' AttentionInterface.
+    """
+    import torch
+    from transformers import AttentionInterface
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    def attention(module: Any, query: Any, key: Any, value: Any, mask: Any, **kw: Any) -> Any:
+        if query.shape[2] == 1 and query.dtype == torch.bfloat16:
+            out, weights = sdpa_attention_forward(
+                module, query.float(), key.float(), value.float(), mask, **kw
+            )
+            return out.to(query.dtype), weights
+        return sdpa_attention_forward(module, query, key, value, mask, **kw)
+
+    text = model.config.get_text_config()
+    current = getattr(text, "_attn_implementation", None)
+    if current == _MIXED_ATTENTION:
+        return True
+    if current != "sdpa":
+        return False
+    AttentionInterface.register(_MIXED_ATTENTION, attention)
+    AttentionMaskInterface.register(_MIXED_ATTENTION, sdpa_mask)
+    if text is model.config:
+        model.set_attn_implementation(_MIXED_ATTENTION)
+    else:
+        model.set_attn_implementation({"text_config": _MIXED_ATTENTION})
+    return True
 
 
 class TransformersEngine(Engine):
@@ -100,6 +149,8 @@ class TransformersEngine(Engine):
         except Exception as e:
             raise ModelLoadError(f"{model}: cannot load ({_one_line(e)})") from e
         self.model.to(self.device).eval()
+        if self.device == "cpu" and self.dtype == torch.bfloat16:
+            use_float32_decode_attention(self.model)
         self.tokenizer = getattr(self.processor, "tokenizer", None)
         if self.tokenizer is None:
             raise ModelLoadError(f"{model}: its processor has no tokenizer")
