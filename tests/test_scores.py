@@ -81,7 +81,8 @@ def test_multi_token_continuations_match_a_full_forward(engine, images):
 
     policy = Policy.load()
     req = VisionRequest(text=policy.text, images=(load_image(images[0]),), prefix=answer_prefix())
-    conts = ["Unsafe", 'Unsafe",\n    "category": "O3: Sexual Content', 'Safe",\n    "cat']
+    # singles, lone multi-token ones, and the Guard's own groups with shared parts and tails
+    conts = ["Unsafe", 'Safe",\n    "cat', *continuations(policy)]
     fast = engine.score([req], conts)[0]
     for cont, got in zip(conts, fast, strict=True):
         ids = engine._continuation_tokens(req.prefix, [cont])[0]
@@ -93,7 +94,7 @@ def test_multi_token_continuations_match_a_full_forward(engine, images):
         n = full["input_ids"].shape[1]
         expected = sum(logp[n - len(ids) - 1 + j, ids[j]].item() for j in range(len(ids)))
         assert math.isclose(got, expected, rel_tol=1e-4, abs_tol=1e-4), (cont, got, expected)
-    assert len(engine._continuation_tokens(req.prefix, conts[1:2])[0]) > 3
+    assert len(engine._continuation_tokens(req.prefix, conts[-1:])[0]) > 3
 
 
 def test_constraints_make_every_answer_valid(engine, images):

@@ -297,11 +297,13 @@ class TransformersEngine(Engine):
             raise EngineError(f"{self.model_id}: scoring failed ({_one_line(e)})") from e
 
     def _score_one(self, request: VisionRequest, continuations: Sequence[str]) -> list[float]:
-        """Prefill once; then the continuations as a two-level tree on copies of the cache.
+        """Prefill once; then every continuation in one more forward pass, as a token tree.
 
         Continuations that start with the same token usually share more (the rating, then
-        '",\n    "category": "'), so each such group runs its shared tokens once (stage A),
-        and only then are rows made for the members' own tails (stage B).
+        '",\n    "category": "'): each group's shared tokens appear once, followed by every
+        member's own tail, all in one sequence on the same KV cache. A 4D attention mask lets
+        each token see the prompt, its group's shared tokens and its own tail only, so no
+        cache is copied per continuation.
         """
         torch = self._torch
         options = self._continuation_tokens(request.prefix, continuations)
@@ -315,57 +317,35 @@ class TransformersEngine(Engine):
             multi = [i for i, o in enumerate(options) if len(o) > 1]
             if not multi:
                 return totals
-            groups: dict[int, list[int]] = {}
-            for i in multi:
-                groups.setdefault(options[i][0], []).append(i)
-            shared = min(_common_length([options[i][1:] for i in m]) for m in groups.values())
-            cache = copy.deepcopy(out.past_key_values)
-            cache.batch_repeat_interleave(len(groups))
-            heads = [
-                [first_token, *options[m[0]][1 : 1 + shared]] for first_token, m in groups.items()
-            ]
-            logp_a = self._extend(cache, heads, length)  # [groups, shared + 1, vocab]
-            rows = []
-            for g, members in enumerate(groups.values()):
-                for i in members:
-                    o = options[i]
-                    totals[i] += sum(logp_a[g, j, o[1 + j]].item() for j in range(shared))
-                    tail = o[1 + shared :]
-                    if tail:
-                        totals[i] += logp_a[g, shared, tail[0]].item()
-                    if len(tail) > 1:
-                        rows.append((i, g, tail))
-            if rows:
-                cache.batch_select_indices(
-                    torch.tensor([g for _, g, _ in rows], device=self.device)
-                )
-                logp_b = self._extend(cache, [t[:-1] for _, _, t in rows], length + shared + 1)
-                for r, (i, _, tail) in enumerate(rows):
-                    totals[i] += sum(logp_b[r, j - 1, tail[j]].item() for j in range(1, len(tail)))
+            tree = _TokenTree(options, multi)
+            logp = self._extend_tree(copy.deepcopy(out.past_key_values), tree, length)
+        for i, targets in tree.targets.items():
+            totals[i] += sum(logp[pos, tok].item() for pos, tok in targets)
         return totals
 
-    def _extend(self, cache: Any, rows: list[list[int]], start: int) -> Any:
-        """Feed one token list per cache row (right-padded) from position ``start``; return
-        the log-probabilities after each fed token."""
+    def _extend_tree(self, cache: Any, tree: _TokenTree, start: int) -> Any:
+        """One forward over the tree's tokens; log-probabilities after each of them."""
         torch = self._torch
-        n, longest = len(rows), max(len(r) for r in rows)
-        pad = self.tokenizer.pad_token_id or 0
-        ids = torch.tensor([r + [pad] * (longest - len(r)) for r in rows], device=self.device)
-        positions = torch.arange(start, start + longest, device=self.device)
-        extra: dict[str, Any] = {}
+        n = len(tree.tokens)
+        ids = torch.tensor([tree.tokens], device=self.device)
+        positions = torch.tensor([start + d for d in tree.depths], device=self.device)
+        mask = torch.zeros(1, 1, n, start + n, dtype=torch.bool, device=self.device)
+        mask[..., :start] = True
+        for i, seen in enumerate(tree.visible):
+            mask[0, 0, i, [start + j for j in seen]] = True
+        pos = positions.view(1, -1)
         rope_deltas = getattr(getattr(self.model, "model", None), "rope_deltas", None)
         if rope_deltas is not None:  # Qwen-VL multimodal rope: a text row and 3 rope rows
-            text = positions.view(1, 1, -1).expand(1, n, -1)
-            rope = text.expand(3, -1, -1) + rope_deltas[:1].view(1, 1, 1)
-            extra["position_ids"] = torch.cat([text, rope], dim=0)
+            text = pos.view(1, 1, -1)
+            pos = torch.cat([text, text.expand(3, -1, -1) + rope_deltas[:1].view(1, 1, 1)], 0)
         out = self.model(
             input_ids=ids,
-            attention_mask=torch.ones(n, start + longest, dtype=torch.long, device=self.device),
+            attention_mask=mask,
+            position_ids=pos,
             past_key_values=cache,
-            cache_position=positions,
-            **extra,
+            cache_position=torch.arange(start, start + n, device=self.device),
         )
-        return torch.log_softmax(out.logits.float(), dim=-1)
+        return torch.log_softmax(out.logits[0].float(), dim=-1)
 
     # ---- reusing a scored prefill for the answer ---------------------------------------
     def _remember(self, request: VisionRequest, input_ids: Any, cache: Any) -> None:
@@ -403,6 +383,48 @@ class TransformersEngine(Engine):
 
 def _request_key(r: VisionRequest) -> tuple:
     return (r.text, r.system, tuple(id(im) for im in r.images), r.prefix)
+
+
+class _TokenTree:
+    """Continuations laid out as one token sequence: per first token, the group's shared
+    tokens once, then each member's tail. ``visible[i]`` lists the new tokens token i may
+    attend to; ``targets[k]`` the (position, token) pairs whose log-probabilities add up to
+    continuation k after its first token."""
+
+    def __init__(self, options: list[list[int]], multi: list[int]) -> None:
+        groups: dict[int, list[int]] = {}
+        for i in multi:
+            groups.setdefault(options[i][0], []).append(i)
+        self.tokens: list[int] = []
+        self.depths: list[int] = []
+        self.visible: list[list[int]] = []
+        self.targets: dict[int, list[tuple[int, int]]] = {}
+        for first_token, members in groups.items():
+            shared = _common_length([options[i][1:] for i in members])
+            head = [first_token, *options[members[0]][1 : 1 + shared]]
+            head_at = [self._add(tok, depth, []) for depth, tok in enumerate(head)]
+            for j in range(1, len(head_at)):
+                self.visible[head_at[j]] = head_at[: j + 1]
+            self.visible[head_at[0]] = head_at[:1]
+            for i in members:
+                o = options[i]
+                targets = [(head_at[j], o[j + 1]) for j in range(shared)]
+                tail = o[1 + shared :]
+                if tail:
+                    targets.append((head_at[-1], tail[0]))
+                seen = list(head_at)
+                for j, tok in enumerate(tail[:-1]):
+                    at = self._add(tok, len(head) + j, [])
+                    seen = [*seen, at]
+                    self.visible[at] = seen
+                    targets.append((at, tail[j + 1]))
+                self.targets[i] = targets
+
+    def _add(self, token: int, depth: int, visible: list[int]) -> int:
+        self.tokens.append(token)
+        self.depths.append(depth)
+        self.visible.append(visible)
+        return len(self.tokens) - 1
 
 
 def _common_length(seqs: list[list[int]]) -> int:
