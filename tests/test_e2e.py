@@ -130,7 +130,7 @@ def test_python_api_matches_cli(tiny_model, photos, tmp_path):
 
 def test_hundreds_of_broken_files_through_the_cli(tmp_path, tmp_path_factory):
     """Every malformed file gets exactly one record, in order; the run does not crash."""
-    from test_images import broken_corpus
+    from test_images import CORPUS_LIMITS, broken_corpus
 
     model = tmp_path_factory.mktemp("corpus-model") / "m"
     from llavaguard.testing import build_tiny_model
@@ -138,13 +138,15 @@ def test_hundreds_of_broken_files_through_the_cli(tmp_path, tmp_path_factory):
     build_tiny_model(model, "llava-onevision")
     corpus = tmp_path / "corpus"
     corpus.mkdir()
-    maybe, must_fail = broken_corpus(corpus)
+    maybe, by_kind = broken_corpus(corpus)
+    must_fail = [p for paths in by_kind.values() for p in paths]
     # a directory argument is a folder to expand, not a broken file: leave it out here
     inputs = [str(p) for p in maybe + must_fail if not p.is_dir()]
     out = tmp_path / "out.jsonl"
     res = run_cli(
         "assess", *inputs, "--model", str(model), "--max-new-tokens", "2",
         "-b", "16", "-o", str(out),
+        "--max-file-mb", str(CORPUS_LIMITS.max_bytes / 2**20),  # exact: a power-of-two divisor
     )  # fmt: skip
     assert res.returncode == 1, res.stderr[-2000:]
     records = read_jsonl(out)
