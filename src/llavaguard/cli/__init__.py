@@ -13,6 +13,7 @@ import typer
 
 from llavaguard import __version__
 from llavaguard.cli import assess as _assess
+from llavaguard.cli import evaluate as _evaluate
 from llavaguard.cli import models as _models
 from llavaguard.cli import policy as _policy
 from llavaguard.cli import testing as _testing
@@ -30,6 +31,7 @@ app = typer.Typer(
 app.command("assess", no_args_is_help=True)(_assess.assess)
 app.add_typer(_policy.app, name="policy")
 app.command("models")(_models.models)
+app.add_typer(_evaluate.app, name="evaluate")
 app.add_typer(_testing.app, name="testing")
 
 

@@ -1,0 +1,119 @@
+"""``llavaguard evaluate``: score predictions against labels, write reports, compare runs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from llavaguard.cli.common import err_console
+
+app = typer.Typer(
+    help="Score a safeguard against a labelled set; compare runs.", no_args_is_help=True
+)
+
+
+@app.command("run", no_args_is_help=True)
+def run(
+    labels: Path = typer.Argument(..., help="Labelled set: JSONL, CSV, Parquet or LLaVA JSON."),
+    predictions: Path | None = typer.Option(
+        None,
+        "--predictions",
+        help="Predictions to score (llavaguard assess JSONL or any "
+        "table with id/image and rating).",
+    ),
+    model: str | None = typer.Option(None, "--model", "-m", help="Or predict with this model."),
+    output: Path = typer.Option(Path("eval-report"), "--output", "-o", help="Report folder."),
+    name: str | None = typer.Option(None, "--name", help="Run name (default: folder name)."),
+    variants: str | None = typer.Option(
+        None,
+        "--variants",
+        help="Add policy-generalisation variants (comma-separated kinds, or 'all'); needs --model.",
+    ),
+    bootstrap: int = typer.Option(1000, "--bootstrap", help="Resamples for 95% intervals."),
+    seed: int = typer.Option(0, "--seed", help="Seed for bootstrap and variants."),
+    plots: bool = typer.Option(True, "--plots/--no-plots", help="Write PNG plots."),
+    mode: str = typer.Option("full", "--mode", help="With --model: full or triage."),
+    batch_size: int = typer.Option(8, "--batch-size", "-b", help="With --model: batch size."),
+    max_new_tokens: int | None = typer.Option(None, "--max-new-tokens", help="With --model."),
+    dtype: str = typer.Option("auto", "--dtype", help="With --model: auto, bfloat16, ..."),
+    device: str | None = typer.Option(None, "--device", help="With --model: cuda, cpu, ..."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print no summary."),
+) -> None:
+    """Evaluate predictions (from a file, or from --model) and write report.json, report.md,
+    samples.jsonl and plots/ to the output folder."""
+    from llavaguard.evaluate import EvalConfig, evaluate
+    from llavaguard.evaluate.report import headline, pct
+
+    cfg = EvalConfig(
+        labels=labels,
+        predictions=predictions,
+        model=model,
+        output=output,
+        name=name,
+        variants=[v.strip() for v in (variants or "").split(",") if v.strip()],
+        bootstrap=bootstrap,
+        seed=seed,
+        plots=plots,
+        mode=mode,
+        batch_size=batch_size,
+        max_new_tokens=max_new_tokens,
+        dtype=dtype,
+        device=device,
+    )
+    report = evaluate(cfg)
+    if not quiet:
+        o = report["overall"]
+        h = headline(o)
+        err_console.print(
+            f"{o['n']} samples, {o['invalid']} without a rating: balanced accuracy "
+            f"{pct(h['balanced_accuracy'])}, recall {pct(h['recall'])}, specificity "
+            f"{pct(h['specificity'])}, PER {pct(h['per'])} (%, invalid excluded)",
+            highlight=False,
+        )
+        err_console.print(f"report: {output / 'report.md'}", highlight=False)
+
+
+@app.command("compare", no_args_is_help=True)
+def compare(
+    runs: list[Path] = typer.Argument(..., help="Report folders (or report.json files)."),
+    slice_: str = typer.Option(
+        "overall",
+        "--slice",
+        help="overall, default_policy, or a category, augmentation or variant name.",
+    ),
+    wrong: bool = typer.Option(False, "--invalid-wrong", help="Count invalid answers as wrong."),
+    output: Path | None = typer.Option(
+        None, "--output", "-o", help="Also write the table (.md) or the data (.json) here."
+    ),
+) -> None:
+    """Print the headline metrics of several runs side by side."""
+    from llavaguard.evaluate.compare import comparison, markdown
+
+    comp = comparison(runs, slice_, "wrong" if wrong else "excluded")
+    table = markdown(comp)
+    typer.echo(table, nl=False)
+    if output is not None:
+        text = json.dumps(comp, indent=2) + "\n" if output.suffix == ".json" else table
+        output.write_text(text, encoding="utf-8")
+
+
+@app.command("variants", no_args_is_help=True)
+def variants_cmd(
+    labels: Path = typer.Argument(..., help="Labelled set to derive variants from."),
+    output: Path = typer.Option(..., "--output", "-o", help="JSONL labelled set to write."),
+    kinds: str = typer.Option("all", "--kinds", help="Comma-separated kinds, or 'all'."),
+    seed: int = typer.Option(0, "--seed"),
+) -> None:
+    """Write the labelled set's samples under policy variants, with the label each implies
+    (to predict with any system, then 'evaluate run --predictions')."""
+    from llavaguard.evaluate import load_labels, make_variants
+    from llavaguard.evaluate.variants import to_rows
+
+    samples = load_labels(labels)
+    made = make_variants(samples, [k.strip() for k in kinds.split(",") if k.strip()], seed)
+    with output.open("w", encoding="utf-8") as f:
+        for row in to_rows(made):
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    err_console.print(f"{len(made)} variant samples -> {output}", highlight=False)

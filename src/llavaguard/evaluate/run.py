@@ -1,0 +1,239 @@
+"""One evaluation: labels + predictions (from a file or a model) -> metrics -> report files.
+
+``compute`` is pure (joined rows in, a JSON-ready dict out); ``evaluate`` does the reading,
+the optional model run and the writing around it.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from llavaguard.evaluate import metrics as M
+from llavaguard.evaluate.data import (
+    Joined,
+    LabelledSample,
+    Prediction,
+    join,
+    load_labels,
+    load_predictions,
+)
+
+SCHEMA_VERSION = 1
+
+
+class EvalConfig(BaseModel):
+    """Everything one evaluation needs; the same fields are the CLI's options."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    labels: Path = Field(description="Labelled set: JSONL, CSV, Parquet or LLaVA JSON.")
+    predictions: Path | None = Field(None, description="Predictions file to score.")
+    model: str | None = Field(None, description="Or: a model id or folder to predict with.")
+    output: Path = Field(Path("eval-report"), description="Folder for the report files.")
+    name: str | None = Field(None, description="Run name in reports (default: output folder).")
+    variants: list[str] = Field(
+        default_factory=list,
+        description="Policy-generalisation variants to add to the labelled set (needs --model).",
+    )
+    bootstrap: int = Field(1000, ge=0, description="Bootstrap resamples for 95% intervals.")
+    seed: int = Field(0, description="Seed for bootstrap and variant generation.")
+    bins: int = Field(10, ge=2, description="Calibration bins.")
+    plots: bool = Field(True, description="Write PNG plots.")
+    # engine options, used with --model only
+    mode: Literal["full", "triage"] = "full"
+    batch_size: int = Field(8, ge=1)
+    max_new_tokens: int | None = None
+    dtype: str = "auto"
+    device: str | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> EvalConfig:
+        from llavaguard.errors import ConfigError
+
+        if (self.predictions is None) == (self.model is None):
+            raise ConfigError("give either a predictions file or a model, not both or neither")
+        if self.variants and self.model is None:
+            raise ConfigError(
+                "policy variants need a model to judge them (or write them with "
+                "'llavaguard evaluate variants' and predict them yourself)"
+            )
+        return self
+
+
+# ---- metrics over joined rows --------------------------------------------------------------
+
+
+def slice_metrics(rows: Sequence[Joined], bins: int = 10) -> dict[str, Any]:
+    expected = [r.sample.rating for r in rows]
+    predicted = [r.predicted_rating for r in rows]
+    exceptions = [r.sample.exception for r in rows]
+    exp_cat = [r.sample.category for r in rows]
+    pred_cat = [r.predicted_category for r in rows]
+    return {
+        "n": len(rows),
+        "missing": sum(r.prediction is None for r in rows),
+        "invalid": sum(p is None for p in predicted),
+        "incomplete": sum(bool(r.prediction and not r.prediction.valid) for r in rows),
+        "policy_mismatch": sum(r.policy_mismatch for r in rows),
+        "rating": {how: M.rating_metrics(expected, predicted, how) for how in M.INVALID_AS},
+        "per": {how: M.policy_exception_rate(exceptions, predicted, how) for how in M.INVALID_AS},
+        "category": {how: M.category_accuracy(exp_cat, pred_cat, how) for how in M.INVALID_AS},
+        "scores": M.score_metrics(expected, [r.score for r in rows], bins),
+    }
+
+
+def _groups(rows: Sequence[Joined], key: Callable[[Joined], str | None]) -> dict[str, list]:
+    out: dict[str, list[Joined]] = defaultdict(list)
+    for r in rows:
+        k = key(r)
+        if k is not None:
+            out[k].append(r)
+    return dict(sorted(out.items()))
+
+
+def intervals(rows: Sequence[Joined], resamples: int, seed: int) -> dict[str, Any]:
+    """95% bootstrap intervals of the headline metrics, both ways of counting invalid answers."""
+    expected = [r.sample.rating for r in rows]
+    predicted = [r.predicted_rating for r in rows]
+    exc = [r.sample.exception for r in rows]
+    out: dict[str, Any] = {"resamples": resamples, "level": 0.95}
+    for how in M.INVALID_AS:
+        ci = M.rating_bootstrap(expected, predicted, how, resamples=resamples, seed=seed)
+        ci["per"] = M.bootstrap_ci(
+            len(rows),
+            lambda idx, how=how: M.policy_exception_rate(
+                [exc[i] for i in idx], [predicted[i] for i in idx], how
+            )["per"],
+            resamples=resamples,
+            seed=seed,
+        )
+        out[how] = ci
+    scores = [r.score for r in rows]
+    if any(s is not None for s in scores):
+        out["roc_auc"] = M.bootstrap_ci(
+            len(rows),
+            lambda idx: M.score_metrics([expected[i] for i in idx], [scores[i] for i in idx])[
+                "roc_auc"
+            ],
+            resamples=min(resamples, 300),  # a curve per resample: keep it bounded
+            seed=seed,
+        )
+    return out
+
+
+def compute(
+    rows: Sequence[Joined], *, bootstrap: int = 1000, seed: int = 0, bins: int = 10
+) -> dict[str, Any]:
+    """Every metric, overall and by slice. JSON-ready; undefined values are None."""
+    default = [r for r in rows if r.sample.default_policy]
+    return {
+        "overall": slice_metrics(rows, bins),
+        "default_policy": slice_metrics(default, bins),
+        "by_augmentation": {
+            k: slice_metrics(v, bins)
+            for k, v in _groups(rows, lambda r: r.sample.augmentation).items()
+        },
+        "by_category": {
+            k: slice_metrics(v, bins) for k, v in _groups(rows, lambda r: r.sample.category).items()
+        },
+        "by_variant": {
+            k: slice_metrics(v, bins)
+            for k, v in _groups(
+                rows,
+                lambda r: r.sample.variant or ("original" if r.sample.default_policy else None),
+            ).items()
+        }
+        if any(r.sample.variant for r in rows)
+        else {},
+        "intervals": intervals(rows, bootstrap, seed),
+        "reliability": M.reliability(
+            [r.sample.rating for r in rows], [r.score for r in rows], bins
+        ),
+    }
+
+
+# ---- the whole run ---------------------------------------------------------------------------
+
+
+def predict(
+    samples: Sequence[LabelledSample], cfg: EvalConfig, on_batch: Callable[[int], None] | None
+) -> tuple[list[Prediction], dict[str, Any]]:
+    """Judge every sample under its own policy with ``cfg.model``; samples are grouped by
+    policy so each group runs in batches."""
+    from llavaguard.engines import GenerationConfig
+    from llavaguard.guard import Guard
+
+    gen = GenerationConfig(**({"max_new_tokens": cfg.max_new_tokens} if cfg.max_new_tokens else {}))
+    guard = Guard.from_pretrained(
+        cfg.model, dtype=cfg.dtype, device=cfg.device, generation=gen, mode=cfg.mode
+    )
+    groups: dict[str, list[LabelledSample]] = defaultdict(list)
+    for s in samples:
+        groups[s.policy.id].append(s)
+    by_id: dict[str, Prediction] = {}
+    for group in groups.values():
+        no_image = [s for s in group if s.image is None]
+        for s in no_image:
+            by_id[s.id] = Prediction(id=s.id, valid=False, error="the sample has no image")
+        group = [s for s in group if s.image is not None]
+        if not group:
+            continue
+        for a in guard.assess_iter(
+            [s.image for s in group],
+            policy=group[0].policy,
+            ids=[s.id for s in group],
+            batch_size=cfg.batch_size,
+            on_batch=on_batch,
+        ):
+            by_id[a.image] = Prediction(
+                id=a.image, rating=a.rating, category=a.category, score=a.score,
+                valid=a.valid, error=a.error, policy_id=a.policy_id,
+            )  # fmt: skip
+    info = {"model": cfg.model, "engine": guard.engine.name, "mode": cfg.mode}
+    return [by_id[s.id] for s in samples], info
+
+
+def evaluate(
+    cfg: EvalConfig | None = None,
+    *,
+    on_batch: Callable[[int], None] | None = None,
+    **kw: Any,
+) -> dict[str, Any]:
+    """Score predictions (from a file or from ``cfg.model``) against labels and write
+    report.json, report.md, samples.jsonl and plots/ to ``cfg.output``. Returns the report."""
+    from llavaguard import __version__
+    from llavaguard.evaluate.report import write_reports
+    from llavaguard.evaluate.variants import make_variants
+
+    cfg = cfg or EvalConfig(**kw)
+    samples = load_labels(cfg.labels)
+    if cfg.variants:
+        samples = samples + make_variants(samples, cfg.variants, seed=cfg.seed)
+    source: dict[str, Any]
+    if cfg.model is not None:
+        predictions, source = predict(samples, cfg, on_batch)
+    else:
+        assert cfg.predictions is not None
+        predictions = load_predictions(cfg.predictions)
+        source = {"predictions": str(cfg.predictions)}
+    rows = join(samples, predictions)
+    report = {
+        "schema": SCHEMA_VERSION,
+        "name": cfg.name or cfg.output.name,
+        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        "llavaguard_version": __version__,
+        "labels": str(cfg.labels),
+        **source,
+        "policies": sorted({r.sample.policy.describe() for r in rows}),
+        "config": json.loads(cfg.model_dump_json()),
+        **compute(rows, bootstrap=cfg.bootstrap, seed=cfg.seed, bins=cfg.bins),
+    }
+    write_reports(report, rows, cfg.output, plots=cfg.plots)
+    return report
