@@ -22,3 +22,25 @@ def test_readme_setup_and_test_commands_are_what_ci_runs():
         ".venv/bin/ruff check . && .venv/bin/python -m pytest",
     ):
         assert command in readme and command in ci
+
+
+def test_evaluation_example_runs_as_shown(tmp_path):
+    """docs/evaluation.md's example block, run verbatim in an empty folder."""
+    import os
+    import re
+    import subprocess
+    import sys
+
+    doc = (ROOT / "docs" / "evaluation.md").read_text("utf-8")
+    block = re.search(r"<!-- example:evaluate -->\n```bash\n(.*?)\n```", doc, re.S).group(1)
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    res = subprocess.run(["bash", "-e", "-c", block], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert res.returncode == 0, res.stderr[-2000:]
+    for run in ("full", "triage"):
+        for name in ("report.json", "report.md", "samples.jsonl", "plots/confusion.png"):
+            assert (tmp_path / "runs" / run / name).is_file(), (run, name)
+    assert "| full | 4 | 0 |" in res.stdout and "| triage | 4 | 0 |" in res.stdout
+    shown = doc[doc.index("The comparison printed") :]
+    # the documented comparison is what the command prints (up to the report date)
+    assert res.stdout.strip().splitlines()[-2] in shown

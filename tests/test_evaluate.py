@@ -270,12 +270,39 @@ def test_evaluate_with_a_tiny_model_and_policy_variants(tmp_path):
     assert res.returncode == 0, res.stderr
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert report["model"] == str(model) and report["engine"] == "transformers"
-    n_variants = report["overall"]["n"] - len(rows)
-    assert n_variants > 10
+    assert report["overall"]["n"] == len(rows)  # headline figures leave the variants out
+    assert report["variants"]["n"] > 10
     assert set(report["by_variant"]) == {"original", *KINDS}
-    assert report["overall"]["missing"] == 0
-    assert report["overall"]["scores"]["n"] == report["overall"]["n"]  # every answer scored
+    assert report["by_variant"]["original"]["n"] == 3  # the default-policy samples
+    for part in (report["overall"], report["variants"]):
+        assert part["missing"] == 0
+        assert part["scores"]["n"] == part["n"]  # every answer scored
     samples = [json.loads(x) for x in (tmp_path / "out" / "samples.jsonl").read_text().splitlines()]
     # each sample was judged under its own policy: ids of variants differ from the original's
     assert len({s["policy_id"] for s in samples}) > 5
     assert "## Policy generalisation" in (tmp_path / "out" / "report.md").read_text()
+
+
+@pytest.mark.slow
+def test_an_interrupted_model_run_resumes_without_redoing_work(tmp_path):
+    from llavaguard.evaluate import EvalConfig, evaluate
+    from llavaguard.testing import build_tiny_model, make_sample_images
+
+    model = build_tiny_model(tmp_path / "m", "llava-onevision")
+    images = make_sample_images(tmp_path / "img", 4)
+    rows = [{"id": f"s{i}", "image": str(p), "rating": "Safe"} for i, p in enumerate(images)]
+    rows.append({"id": "broken", "image": str(tmp_path / "missing.jpg"), "rating": "Safe"})
+    labels = write_jsonl(tmp_path / "labels.jsonl", rows)
+    cfg = EvalConfig(labels=labels, model=str(model), output=tmp_path / "out",
+                     max_new_tokens=8, bootstrap=0, plots=False)  # fmt: skip
+    first = evaluate(cfg)
+    assert first["reused"] == 0 and first["overall"]["invalid"] == 1
+    pred_file = tmp_path / "out" / "predictions.jsonl"
+    lines = pred_file.read_text().splitlines()
+    assert len(lines) == 5
+    # as if killed while writing the third answer
+    pred_file.write_text("\n".join(lines[:2]) + "\n" + lines[2][:25])
+    second = evaluate(cfg)
+    assert second["reused"] == 2  # the two whole lines; the half line and the rest are redone
+    assert second["overall"]["rating"] == first["overall"]["rating"]
+    assert second["overall"]["scores"] == first["overall"]["scores"]

@@ -12,11 +12,10 @@ from llavaguard.cli.common import (
     allow_option,
     err_console,
     policy_option,
+    progress_bar,
     sensitive_option,
 )
 from llavaguard.models import DEFAULT_MODEL
-
-PROGRESS_MIN_IMAGES = 4
 
 
 def assess(
@@ -116,7 +115,7 @@ def assess(
             image_max_pixels=image_max_pixels,
             **engine_options,
         )
-    progress, on_start, on_batch = _progress(quiet)
+    progress, on_start, on_batch = progress_bar(quiet, "assessing")
     try:
         with guard:
             summary = assess_files(
@@ -143,29 +142,3 @@ class _null:
 
     def __exit__(self, *exc: object) -> None:
         return None
-
-
-def _progress(quiet: bool):
-    """A progress bar on stderr, shown only when there are more than a few images."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
-
-    progress = Progress(
-        "[progress.description]{task.description}",
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        console=err_console,
-        transient=False,
-    )
-    task: list[int] = []
-
-    def on_start(total: int) -> None:
-        if not quiet and total >= PROGRESS_MIN_IMAGES:
-            progress.start()
-            task.append(progress.add_task("assessing", total=total))
-
-    def on_batch(n: int) -> None:
-        if task:
-            progress.advance(task[0], n)
-
-    return progress, on_start, on_batch

@@ -29,3 +29,33 @@ def sensitive_option() -> str | None:
     return typer.Option(
         None, "--sensitive", help="Category codes declared sensitive (forbidden in full)."
     )
+
+
+PROGRESS_MIN_IMAGES = 4
+
+
+def progress_bar(quiet: bool, label: str):
+    """(progress, on_start(total), on_batch(n)): a bar on stderr, shown only when there are
+    more than a few images."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    progress = Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=err_console,
+        transient=False,
+    )
+    task: list[int] = []
+
+    def on_start(total: int) -> None:
+        if not quiet and total >= PROGRESS_MIN_IMAGES:
+            progress.start()
+            task.append(progress.add_task(label, total=total))
+
+    def on_batch(n: int) -> None:
+        if task:
+            progress.advance(task[0], n)
+
+    return progress, on_start, on_batch

@@ -43,6 +43,7 @@ def run(
 ) -> None:
     """Evaluate predictions (from a file, or from --model) and write report.json, report.md,
     samples.jsonl and plots/ to the output folder."""
+    from llavaguard.cli.common import progress_bar
     from llavaguard.evaluate import EvalConfig, evaluate
     from llavaguard.evaluate.report import headline, pct
 
@@ -62,7 +63,11 @@ def run(
         dtype=dtype,
         device=device,
     )
-    report = evaluate(cfg)
+    progress, on_start, on_batch = progress_bar(quiet, "predicting")
+    try:
+        report = evaluate(cfg, on_start=on_start, on_batch=on_batch)
+    finally:
+        progress.stop()
     if not quiet:
         o = report["overall"]
         h = headline(o)
@@ -81,7 +86,7 @@ def compare(
     slice_: str = typer.Option(
         "overall",
         "--slice",
-        help="overall, default_policy, or a category, augmentation or variant name.",
+        help="overall, default_policy, variants, or a category, augmentation or variant name.",
     ),
     wrong: bool = typer.Option(False, "--invalid-wrong", help="Count invalid answers as wrong."),
     output: Path | None = typer.Option(

@@ -9,6 +9,7 @@ conversation is laid out; this engine only supplies images first, then text.
 from __future__ import annotations
 
 import copy
+import inspect
 import logging
 import time
 from collections import OrderedDict
@@ -156,6 +157,10 @@ class TransformersEngine(Engine):
             raise ModelLoadError(f"{model}: its processor has no tokenizer")
         self.tokenizer.padding_side = "left"
         self._torch = torch
+        # transformers 5.2x renamed past_key_values to cache (the old name warns); take
+        # whichever name this version's model takes
+        takes = inspect.signature(self.model.forward).parameters
+        self._cache_kw = "cache" if "cache" in takes else "past_key_values"
         self._grammar_cache: Any = None
         self._prefills: OrderedDict[tuple, Any] = OrderedDict()
         self.generated_tokens = 0  # a running count, for benchmarks
@@ -232,7 +237,7 @@ class TransformersEngine(Engine):
                     "input_ids": inputs["input_ids"],
                     "attention_mask": inputs["attention_mask"],
                 }
-                kwargs["past_key_values"] = cache
+                kwargs[self._cache_kw] = cache
             if config.seed is not None:
                 torch.manual_seed(config.seed)
             with torch.inference_mode():
@@ -311,14 +316,14 @@ class TransformersEngine(Engine):
             inputs = self._inputs([request])
             length = inputs["input_ids"].shape[1]
             out = self.model(**inputs, use_cache=True, logits_to_keep=1)
-            self._remember(request, inputs["input_ids"], out.past_key_values)
+            self._remember(request, inputs["input_ids"], getattr(out, self._cache_kw))
             first = torch.log_softmax(out.logits[0, -1].float(), dim=-1)
             totals = [first[o[0]].item() for o in options]
             multi = [i for i, o in enumerate(options) if len(o) > 1]
             if not multi:
                 return totals
             tree = _TokenTree(options, multi)
-            logp = self._extend_tree(copy.deepcopy(out.past_key_values), tree, length)
+            logp = self._extend_tree(copy.deepcopy(getattr(out, self._cache_kw)), tree, length)
         for i, targets in tree.targets.items():
             totals[i] += sum(logp[pos, tok].item() for pos, tok in targets)
         return totals
@@ -342,8 +347,8 @@ class TransformersEngine(Engine):
             input_ids=ids,
             attention_mask=mask,
             position_ids=pos,
-            past_key_values=cache,
             cache_position=torch.arange(start, start + n, device=self.device),
+            **{self._cache_kw: cache},
         )
         return torch.log_softmax(out.logits[0].float(), dim=-1)
 

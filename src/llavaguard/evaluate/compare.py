@@ -34,8 +34,8 @@ def load_run(path: str | Path) -> dict[str, Any]:
 def comparison(
     paths: Sequence[str | Path], slice_: str = "overall", how: str = "excluded"
 ) -> dict[str, Any]:
-    """Headline metrics of each run on one slice (overall, default_policy, or a category /
-    augmentation / variant name), plus which runs share the same labels."""
+    """Headline metrics of each run on one slice (overall, default_policy, variants, or a
+    category / augmentation / variant name), plus which runs share the same labels."""
     runs = []
     for path in paths:
         report = load_run(path)
@@ -53,8 +53,8 @@ def comparison(
 
 
 def _slice(report: dict[str, Any], name: str) -> dict[str, Any] | None:
-    if name in ("overall", "default_policy"):
-        return report[name]
+    if name in ("overall", "default_policy", "variants"):
+        return report.get(name)
     for group in ("by_category", "by_augmentation", "by_variant"):
         if name in report.get(group, {}):
             return report[group][name]

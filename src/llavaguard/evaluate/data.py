@@ -83,6 +83,7 @@ class Prediction(BaseModel):
     valid: bool = True
     error: str | None = None
     policy_id: str | None = None
+    rationale: str | None = None
 
 
 # ---- reading tables --------------------------------------------------------------------------
@@ -319,6 +320,7 @@ def load_predictions(path: str | Path) -> list[Prediction]:
                 valid=bool(valid),
                 error=row.get("error") or None,
                 policy_id=row.get("policy_id") or None,
+                rationale=row.get("rationale") or None,
             )
         )
     return out

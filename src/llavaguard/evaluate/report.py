@@ -146,7 +146,11 @@ def markdown(report: dict[str, Any], plots: Sequence[str] = ()) -> str:
             "other changes, order or codes: unchanged).",
             "",
         ]
-        lines += _table(SLICE_HEADER, _slice_rows(report["by_variant"], "excluded"))
+        slices = dict(report["by_variant"])
+        slices["all variants"] = report["variants"]
+        lines += _table(SLICE_HEADER, _slice_rows(slices, "excluded"))
+        lines += ["", "*original*: the default-policy samples the variants were made from. "
+                  "Every other section of this report leaves the variants out."]  # fmt: skip
     if plots:
         lines += ["", "## Plots", ""]
         lines += [f"![{Path(p).stem}]({p})" for p in plots]
@@ -168,6 +172,7 @@ def sample_rows(rows: Sequence[Joined]) -> list[dict[str, Any]]:
             "rating": r.predicted_rating,
             "category": r.predicted_category,
             "score": r.score,
+            "rationale": r.prediction.rationale if r.prediction else None,
             "valid": r.prediction.valid if r.prediction else False,
             "error": (r.prediction.error if r.prediction else "no prediction for this sample"),
         }

@@ -9,7 +9,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -131,30 +131,37 @@ def intervals(rows: Sequence[Joined], resamples: int, seed: int) -> dict[str, An
 def compute(
     rows: Sequence[Joined], *, bootstrap: int = 1000, seed: int = 0, bins: int = 10
 ) -> dict[str, Any]:
-    """Every metric, overall and by slice. JSON-ready; undefined values are None."""
-    default = [r for r in rows if r.sample.default_policy]
+    """Every metric, overall and by slice. JSON-ready; undefined values are None.
+
+    Generated policy variants are scored in ``by_variant`` only (beside ``original``, the
+    default-policy samples they came from) and in ``variants`` (all of them pooled); every
+    other figure is on the labelled set as given, so it stays comparable with the paper's.
+    """
+    labelled = [r for r in rows if not r.sample.variant]
+    made = [r for r in rows if r.sample.variant]
+    by_variant: dict[str, Any] = {}
+    if made:
+        by_variant["original"] = slice_metrics(
+            [r for r in labelled if r.sample.default_policy], bins
+        )
+        for k, v in _groups(made, lambda r: r.sample.variant).items():
+            by_variant[k] = slice_metrics(v, bins)
     return {
-        "overall": slice_metrics(rows, bins),
-        "default_policy": slice_metrics(default, bins),
+        "overall": slice_metrics(labelled, bins),
+        "default_policy": slice_metrics([r for r in labelled if r.sample.default_policy], bins),
         "by_augmentation": {
             k: slice_metrics(v, bins)
-            for k, v in _groups(rows, lambda r: r.sample.augmentation).items()
+            for k, v in _groups(labelled, lambda r: r.sample.augmentation).items()
         },
         "by_category": {
-            k: slice_metrics(v, bins) for k, v in _groups(rows, lambda r: r.sample.category).items()
-        },
-        "by_variant": {
             k: slice_metrics(v, bins)
-            for k, v in _groups(
-                rows,
-                lambda r: r.sample.variant or ("original" if r.sample.default_policy else None),
-            ).items()
-        }
-        if any(r.sample.variant for r in rows)
-        else {},
-        "intervals": intervals(rows, bootstrap, seed),
+            for k, v in _groups(labelled, lambda r: r.sample.category).items()
+        },
+        "variants": slice_metrics(made, bins) if made else None,
+        "by_variant": by_variant,
+        "intervals": intervals(labelled, bootstrap, seed),
         "reliability": M.reliability(
-            [r.sample.rating for r in rows], [r.score for r in rows], bins
+            [r.sample.rating for r in labelled], [r.score for r in labelled], bins
         ),
     }
 
@@ -162,47 +169,89 @@ def compute(
 # ---- the whole run ---------------------------------------------------------------------------
 
 
+PREDICTIONS_FILE = "predictions.jsonl"
+
+
 def predict(
-    samples: Sequence[LabelledSample], cfg: EvalConfig, on_batch: Callable[[int], None] | None
+    samples: Sequence[LabelledSample],
+    cfg: EvalConfig,
+    on_start: Callable[[int], None] | None = None,
+    on_batch: Callable[[int], None] | None = None,
 ) -> tuple[list[Prediction], dict[str, Any]]:
-    """Judge every sample under its own policy with ``cfg.model``; samples are grouped by
-    policy so each group runs in batches."""
+    """Judge every sample under its own policy with ``cfg.model``.
+
+    Samples are grouped by policy so each group runs in batches. Each answer is appended to
+    ``output/predictions.jsonl`` as it comes; a rerun keeps the answers already there (same
+    sample id, same policy, a rating given) and judges only the rest, so an interrupted run
+    loses nothing and a rerun retries what failed.
+    """
     from llavaguard.engines import GenerationConfig
     from llavaguard.guard import Guard
 
-    gen = GenerationConfig(**({"max_new_tokens": cfg.max_new_tokens} if cfg.max_new_tokens else {}))
-    guard = Guard.from_pretrained(
-        cfg.model, dtype=cfg.dtype, device=cfg.device, generation=gen, mode=cfg.mode
-    )
-    groups: dict[str, list[LabelledSample]] = defaultdict(list)
-    for s in samples:
-        groups[s.policy.id].append(s)
-    by_id: dict[str, Prediction] = {}
-    for group in groups.values():
-        no_image = [s for s in group if s.image is None]
-        for s in no_image:
-            by_id[s.id] = Prediction(id=s.id, valid=False, error="the sample has no image")
-        group = [s for s in group if s.image is not None]
-        if not group:
-            continue
-        for a in guard.assess_iter(
-            [s.image for s in group],
-            policy=group[0].policy,
-            ids=[s.id for s in group],
-            batch_size=cfg.batch_size,
-            on_batch=on_batch,
-        ):
-            by_id[a.image] = Prediction(
-                id=a.image, rating=a.rating, category=a.category, score=a.score,
-                valid=a.valid, error=a.error, policy_id=a.policy_id,
-            )  # fmt: skip
-    info = {"model": cfg.model, "engine": guard.engine.name, "mode": cfg.mode}
-    return [by_id[s.id] for s in samples], info
+    cfg.output.mkdir(parents=True, exist_ok=True)
+    path = cfg.output / PREDICTIONS_FILE
+    done: dict[str, Prediction] = {}
+    if path.exists():
+        policy_of = {s.id: s.policy.id for s in samples}
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:  # an interrupted run may have left half a line
+                p = Prediction.model_validate_json(line)
+            except ValueError:
+                continue
+            if p.rating is not None and p.policy_id == policy_of.get(p.id):
+                done[p.id] = p
+    todo = [s for s in samples if s.id not in done]
+    info = {"model": cfg.model, "engine": None, "mode": cfg.mode, "reused": len(done)}
+    if todo:
+        gen = GenerationConfig(
+            **({"max_new_tokens": cfg.max_new_tokens} if cfg.max_new_tokens else {})
+        )
+        guard = Guard.from_pretrained(
+            cfg.model, dtype=cfg.dtype, device=cfg.device, generation=gen, mode=cfg.mode
+        )
+        info["engine"] = guard.engine.name
+        groups: dict[str, list[LabelledSample]] = defaultdict(list)
+        for s in todo:
+            groups[s.policy.id].append(s)
+        if on_start is not None:
+            on_start(len(todo))
+        with path.open("a", encoding="utf-8") as out:
+            for group in groups.values():
+                for p in _judge(guard, group, cfg.batch_size, on_batch):
+                    done[p.id] = p
+                    out.write(p.model_dump_json() + "\n")
+                    out.flush()
+    return [done[s.id] for s in samples], info
+
+
+def _judge(
+    guard: Any, group: list[LabelledSample], batch_size: int, on_batch: Any
+) -> Iterator[Prediction]:
+    """Predictions for samples that share one policy, in order."""
+    for s in group:
+        if s.image is None:
+            yield Prediction(id=s.id, valid=False, error="the sample has no image",
+                             policy_id=s.policy.id)  # fmt: skip
+    with_image = [s for s in group if s.image is not None]
+    if not with_image:
+        return
+    for a in guard.assess_iter(
+        [s.image for s in with_image],
+        policy=with_image[0].policy,
+        ids=[s.id for s in with_image],
+        batch_size=batch_size,
+        on_batch=on_batch,
+    ):
+        yield Prediction(
+            id=a.image, rating=a.rating, category=a.category, score=a.score, valid=a.valid,
+            error=a.error, policy_id=a.policy_id, rationale=a.rationale,
+        )  # fmt: skip
 
 
 def evaluate(
     cfg: EvalConfig | None = None,
     *,
+    on_start: Callable[[int], None] | None = None,
     on_batch: Callable[[int], None] | None = None,
     **kw: Any,
 ) -> dict[str, Any]:
@@ -218,7 +267,7 @@ def evaluate(
         samples = samples + make_variants(samples, cfg.variants, seed=cfg.seed)
     source: dict[str, Any]
     if cfg.model is not None:
-        predictions, source = predict(samples, cfg, on_batch)
+        predictions, source = predict(samples, cfg, on_start, on_batch)
     else:
         assert cfg.predictions is not None
         predictions = load_predictions(cfg.predictions)
