@@ -96,3 +96,17 @@ def test_bytes_input(guard, tmp_path):
     img(9, 4).save(p)
     a = guard.assess(p.read_bytes())
     assert a.image == "bytes-0" and a.rating == "Unsafe"
+
+
+def test_filter_keeps_safe_images_and_fails_closed(guard):
+    images = [img(20, 10), img(10, 20), img(13, 40), img(10, 30)]
+    result = guard.filter(images)
+    assert result.keep == [False, True, False, True]  # the 13-px one failed: dropped
+    assert result.kept == [images[1], images[3]]
+    assert [a.rating for a in result.rejected] == ["Unsafe", None]
+    assert guard.filter(images, keep_failed=True).keep == [False, True, True, True]
+    assert guard.filter([img(20, 10)], allow="O2").assessments[0].policy_id == (
+        Policy.load(allow="O2").id
+    )
+    with pytest.raises(ConfigError, match="threshold"):
+        guard.filter(images, threshold=1.5)

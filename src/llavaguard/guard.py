@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from enum import StrEnum
 from itertools import islice
 from pathlib import Path
@@ -22,7 +22,7 @@ from llavaguard.errors import ConfigError, EngineError, ImageError
 from llavaguard.images import ImageLimits, fit_pixels, load_image, source_id
 from llavaguard.models import DEFAULT_MODEL, spec_for
 from llavaguard.policy import Policy, answer_prefix, parse_answer
-from llavaguard.scoring import Scores, continuations, scores_from_logprobs
+from llavaguard.scoring import RATINGS, Scores, continuations, scores_from_logprobs
 
 _AUTO: Any = object()
 
@@ -46,6 +46,23 @@ def _numbered(images: Iterable[Any], ids: Iterable[str] | None) -> Iterator[tupl
 
 def _is_single(images: Any) -> bool:
     return isinstance(images, str | bytes | os.PathLike) or hasattr(images, "getpixel")
+
+
+@dataclass(frozen=True)
+class FilterResult:
+    """``keep[i]`` says whether ``images[i]`` passed; ``kept`` are those images, in order."""
+
+    keep: list[bool]
+    assessments: list[Assessment]
+    images: list[Any]
+
+    @property
+    def kept(self) -> list[Any]:
+        return [img for img, ok in zip(self.images, self.keep, strict=True) if ok]
+
+    @property
+    def rejected(self) -> list[Assessment]:
+        return [a for a, ok in zip(self.assessments, self.keep, strict=True) if not ok]
 
 
 class Guard:
@@ -73,8 +90,13 @@ class Guard:
             raise ConfigError(f"unknown mode {mode!r} (valid: full, triage)") from None
         if threshold is not None and not 0.0 < threshold < 1.0:
             raise ConfigError(f"threshold must be between 0 and 1, got {threshold}")
-        if self.mode is Mode.TRIAGE and not (scores and engine.can_score):
-            raise ConfigError(f"triage mode needs scores, which engine {engine.name} cannot give")
+        if self.mode is Mode.TRIAGE and not (
+            scores and engine.can_score and engine.scores_categories
+        ):
+            raise ConfigError(
+                f"triage mode needs rating and category scores, which engine {engine.name} "
+                "cannot give"
+            )
         self.generation = generation or GenerationConfig()
         if constrained and self.generation.num_beams > 1:
             raise ConfigError(
@@ -185,6 +207,33 @@ class Guard:
                 if on_batch is not None:
                     on_batch(len(loaded))
 
+    def filter(
+        self,
+        images: Sequence[Any],
+        *,
+        threshold: float | None = None,
+        keep_failed: bool = False,
+        **kw: Any,
+    ) -> FilterResult:
+        """Which images to keep, e.g. after a text-to-image pipeline, and why.
+
+        An image is kept when it is judged Safe (or, with ``threshold``, when P(Unsafe) is
+        below it). An image that could not be judged is dropped unless ``keep_failed``:
+        a safeguard fails closed. Other keywords go to ``assess`` (policy, allow, ...).
+        """
+        if threshold is not None and not 0.0 < threshold < 1.0:
+            raise ConfigError(f"threshold must be between 0 and 1, got {threshold}")
+        assessments = self.assess(list(images), **kw)
+        keep = []
+        for a in assessments:
+            if a.rating is None:
+                keep.append(keep_failed)
+            elif threshold is not None and a.score is not None:
+                keep.append(a.score < threshold)
+            else:
+                keep.append(a.rating == "Safe")
+        return FilterResult(keep=keep, assessments=assessments, images=list(images))
+
     def resolve_policy(
         self,
         policy: Policy | str | Path | None = None,
@@ -218,9 +267,13 @@ class Guard:
         scores = self._scores(base, policy)
         results: dict[int, Assessment] = {}
         to_generate: list[tuple[int, VisionRequest, Scores | None]] = []
+        unscored: dict[int, str] = {}
         for i, request, score in zip(ok, base, scores, strict=True):
-            if isinstance(score, Exception):
+            if isinstance(score, Exception) and self.mode is Mode.TRIAGE:
                 results[i] = self._record(loaded[i][0], policy, error=str(score))
+            elif isinstance(score, Exception):  # the answer is still worth having
+                unscored[i] = f"no score: {score}"
+                to_generate.append((i, request, None))
             elif self.mode is Mode.TRIAGE:
                 results[i] = self._triage_record(loaded[i][0], policy, score)
             else:
@@ -230,7 +283,10 @@ class Guard:
             if isinstance(answer, Exception):
                 results[i] = self._record(loaded[i][0], policy, error=str(answer))
             else:
-                results[i] = self._full_record(loaded[i][0], policy, request.prefix + answer, score)
+                record = self._full_record(loaded[i][0], policy, request.prefix + answer, score)
+                if i in unscored and record.error is None:
+                    record = record.model_copy(update={"error": unscored[i]})
+                results[i] = record
         for i, (image_id, img) in enumerate(loaded):
             if isinstance(img, Exception):
                 results[i] = self._record(image_id, policy, error=str(img))
@@ -242,12 +298,14 @@ class Guard:
         if not self.scores or not self.engine.can_score:
             return [None] * len(requests)
         rated = [replace(r, prefix=answer_prefix()) for r in requests]
-        conts = continuations(policy)
+        conts = continuations(policy) if self.engine.scores_categories else list(RATINGS)
         out: list[Any] = []
         for r in rated:  # the engine prefills once per request anyway; errors stay per image
             try:
                 (logprobs,) = self.engine.score([r], conts)
                 out.append(scores_from_logprobs(policy, logprobs))
+            except NotImplementedError:  # e.g. a server that gives no log-probabilities
+                return [None] * len(requests)
             except EngineError as e:
                 out.append(e)
         return out
@@ -260,7 +318,7 @@ class Guard:
         """Greedy, constrained and scored: rating and category are the scores' choice (the
         whole-label argmax), and the model writes the rationale for them."""
         greedy = not self.generation.do_sample and self.generation.num_beams == 1
-        if score is not None and self.constrained and greedy:
+        if score is not None and score.category_scores and self.constrained and greedy:
             return replace(request, prefix=answer_prefix(*self._decided(score)))
         return request
 
@@ -321,7 +379,7 @@ class Guard:
         fields: dict[str, Any] = {}
         if score is not None:
             fields["score"] = score.p_unsafe
-            if rating is not None:
+            if rating is not None and score.category_scores is not None:
                 fields["category_scores"] = score.category_scores[rating]
         return self._record(
             image_id,

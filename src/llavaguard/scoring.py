@@ -20,12 +20,14 @@ RATINGS = ("Safe", "Unsafe")
 @dataclass(frozen=True)
 class Scores:
     p_unsafe: float
-    category_scores: dict[str, dict[str, float]]  # rating -> label -> P(label | rating)
+    category_scores: dict[str, dict[str, float]] | None  # rating -> label -> P(label | rating)
 
     def rating(self, threshold: float = 0.5) -> str:
         return "Unsafe" if self.p_unsafe >= threshold else "Safe"
 
-    def best_category(self, rating: str) -> str:
+    def best_category(self, rating: str) -> str | None:
+        if self.category_scores is None:
+            return None
         scores = self.category_scores[rating]
         return max(scores, key=scores.__getitem__)
 
@@ -54,10 +56,15 @@ def _softmax(values: list[float]) -> list[float]:
 
 
 def scores_from_logprobs(policy: Policy, logprobs: list[float]) -> Scores:
-    """Normalise: P(Unsafe) against Safe, and P(category | rating) over the policy's labels."""
+    """Normalise: P(Unsafe) against Safe, and P(category | rating) over the policy's labels.
+
+    Given the two ratings' log-probabilities only, the category scores stay None.
+    """
     n = len(policy.labels)
     safe, unsafe = logprobs[0], logprobs[1]
     p_unsafe = 1.0 / (1.0 + math.exp(safe - unsafe))
+    if len(logprobs) == 2:
+        return Scores(p_unsafe=p_unsafe, category_scores=None)
     per_rating = {}
     for k, rating in enumerate(RATINGS):
         block = logprobs[2 + k * n : 2 + (k + 1) * n]

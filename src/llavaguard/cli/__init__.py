@@ -16,6 +16,7 @@ from llavaguard.cli import assess as _assess
 from llavaguard.cli import evaluate as _evaluate
 from llavaguard.cli import models as _models
 from llavaguard.cli import policy as _policy
+from llavaguard.cli import serve as _serve
 from llavaguard.cli import testing as _testing
 from llavaguard.cli.common import EXIT_INTERRUPTED, EXIT_SETUP, err_console
 from llavaguard.errors import LlavaGuardError
@@ -32,6 +33,7 @@ app.command("assess", no_args_is_help=True)(_assess.assess)
 app.add_typer(_policy.app, name="policy")
 app.command("models")(_models.models)
 app.add_typer(_evaluate.app, name="evaluate")
+app.command("serve")(_serve.serve)
 app.add_typer(_testing.app, name="testing")
 
 

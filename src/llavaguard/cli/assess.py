@@ -21,7 +21,21 @@ from llavaguard.models import DEFAULT_MODEL
 def assess(
     paths: list[Path] = typer.Argument(..., help="Image files or folders (searched recursively)."),
     model: str = typer.Option(DEFAULT_MODEL, "--model", "-m", help="Hub id or local folder."),
-    engine: str = typer.Option("transformers", "--engine", help="Engine that runs the model."),
+    engine: str = typer.Option(
+        "transformers",
+        "--engine",
+        help="transformers (local) or openai (a vLLM, SGLang or llavaguard server at --base-url).",
+    ),
+    base_url: str | None = typer.Option(
+        None, "--base-url", help="With --engine openai: the server, e.g. http://host:8000/v1."
+    ),
+    api_key: str | None = typer.Option(
+        None,
+        "--api-key",
+        envvar="LLAVAGUARD_API_KEY",
+        show_envvar=True,
+        help="With --engine openai: the server's API key.",
+    ),
     policy: str | None = policy_option(),
     allow: str | None = allow_option(),
     sensitive: str | None = sensitive_option(),
@@ -102,6 +116,10 @@ def assess(
     if max_file_mb is not None:
         limits["max_bytes"] = int(max_file_mb * 1024 * 1024)
     engine_options = {"device": device, "dtype": dtype, "token": token, "revision": revision}
+    if engine == "openai":
+        engine_options.update(base_url=base_url, api_key=api_key, concurrency=batch_size)
+    elif base_url or api_key:
+        raise ConfigError("--base-url and --api-key go with --engine openai")
     with err_console.status(f"loading {model}", spinner="dots") if not quiet else _null():
         guard = Guard.from_pretrained(
             model,

@@ -16,6 +16,7 @@ from llavaguard.errors import ConfigError
 # name -> "module:Class"; modules are imported only when the engine is asked for.
 ENGINES: dict[str, str] = {
     "transformers": "llavaguard.engines.transformers:TransformersEngine",
+    "openai": "llavaguard.engines.openai:OpenAIEngine",
 }
 
 

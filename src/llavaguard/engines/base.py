@@ -67,6 +67,10 @@ class Engine(ABC):
 
     name: ClassVar[str]
     model_id: str
+    # False where an engine can score the rating but not whole category labels (a remote
+    # server gives top log-probabilities of one position only); the Guard then asks for
+    # the two ratings alone and leaves category_scores empty.
+    scores_categories: ClassVar[bool] = True
 
     @abstractmethod
     def generate(

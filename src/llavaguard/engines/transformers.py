@@ -328,6 +328,22 @@ class TransformersEngine(Engine):
             totals[i] += sum(logp[pos, tok].item() for pos, tok in targets)
         return totals
 
+    def top_logprobs(self, request: VisionRequest, k: int) -> list[tuple[str, float]]:
+        """The ``k`` most likely next tokens after the request's prompt and prefix, with their
+        log-probabilities: what an OpenAI-style ``top_logprobs`` reports for one position."""
+        torch = self._torch
+        try:
+            with torch.inference_mode():
+                out = self.model(**self._inputs([request]), logits_to_keep=1)
+                logp = torch.log_softmax(out.logits[0, -1].float(), dim=-1)
+                values, ids = logp.topk(max(1, min(k, logp.shape[-1])))
+        except Exception as e:
+            raise EngineError(f"{self.model_id}: scoring failed ({_one_line(e)})") from e
+        return [
+            (self.tokenizer.decode([i]), v)
+            for i, v in zip(ids.tolist(), values.tolist(), strict=True)
+        ]
+
     def _extend_tree(self, cache: Any, tree: _TokenTree, start: int) -> Any:
         """One forward over the tree's tokens; log-probabilities after each of them."""
         torch = self._torch

@@ -25,6 +25,7 @@ from llavaguard.policy.taxonomy import (
     Taxonomy,
     load_builtin,
     load_taxonomy_file,
+    taxonomy_from_data,
 )
 
 
@@ -95,6 +96,24 @@ class Policy(BaseModel):
             taxonomy, declared = load_taxonomy_file(path)
             base = cls(taxonomy=taxonomy).with_states(**declared)
         return base.with_states(allow=allow, sensitive=sensitive)
+
+    @classmethod
+    def from_data(
+        cls,
+        data: dict[str, Any],
+        *,
+        allow: str | Iterable[str] | None = None,
+        sensitive: str | Iterable[str] | None = None,
+        where: str = "policy",
+    ) -> Policy:
+        """A custom policy given as data, in the YAML file's shape (name, preamble,
+        categories, allow, sensitive); errors start with ``where``."""
+        taxonomy, declared = taxonomy_from_data(data, where)
+        return (
+            cls(taxonomy=taxonomy)
+            .with_states(**declared)
+            .with_states(allow=allow, sensitive=sensitive)
+        )
 
     def with_states(
         self,

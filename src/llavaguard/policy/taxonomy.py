@@ -204,8 +204,19 @@ def load_taxonomy_file(path: str | Path) -> tuple[Taxonomy, dict[str, list[str]]
         where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
         problem = getattr(e, "problem", None) or str(e)
         raise PolicyError(f"{where}: invalid YAML: {problem}") from e
+    data = dict(data) if isinstance(data, dict) else data
+    if isinstance(data, dict):
+        data.setdefault("name", path.stem)
+    return taxonomy_from_data(data, str(path))
+
+
+def taxonomy_from_data(data: Any, where: str) -> tuple[Taxonomy, dict[str, list[str]]]:
+    """A policy given as data (a parsed YAML file, or a JSON object in a request): the
+    taxonomy and the states it declares; errors start with ``where``."""
+    path = where
     if not isinstance(data, dict):
-        raise PolicyError(f"{path}: a policy file must be a mapping with 'name' and 'categories'")
+        raise PolicyError(f"{path}: a policy must be a mapping with 'name' and 'categories'")
+    data = dict(data)
     states: dict[str, list[str]] = {}
     for key in ("allow", "sensitive"):
         value = data.pop(key, None) or []
@@ -214,7 +225,7 @@ def load_taxonomy_file(path: str | Path) -> tuple[Taxonomy, dict[str, list[str]]
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise PolicyError(f"{path}: '{key}' must be a list of category codes")
         states[key] = [v.strip() for v in value]
-    data.setdefault("name", path.stem)
+    data.setdefault("name", "custom")
     try:
         taxonomy = Taxonomy.model_validate({**data, "source": str(path)})
     except ValidationError as e:
