@@ -185,3 +185,24 @@ def test_answer_reuses_the_scored_prefill(engine, images, monkeypatch):
     fresh = guard.assess(images, batch_size=1)
     assert [a.raw for a in reused] == [a.raw for a in fresh]
     assert all(a.valid for a in reused)
+
+
+def test_a_batch_scores_as_its_requests_do_alone(engine, images):
+    """Triage scores a batch in one left-padded prefill; images of different sizes (so rows
+    of different lengths) must score as they do one at a time."""
+    from llavaguard.images import load_image
+
+    policy = Policy.load(allow="O3")
+    requests = [
+        VisionRequest(text=policy.text, images=(load_image(p),), prefix=answer_prefix())
+        for p in images[:4]
+    ]
+    conts = continuations(policy)
+    alone = [engine.score([r], conts)[0] for r in requests]
+    together = engine.score(requests, conts)
+    for a, b in zip(alone, together, strict=True):
+        assert a == pytest.approx(b, abs=1e-4)
+    triage = Guard(engine, mode="triage")
+    batched = triage.assess(images[:4], policy=policy, batch_size=4)
+    singles = [triage.assess(p, policy=policy) for p in images[:4]]
+    assert [a.score for a in batched] == pytest.approx([a.score for a in singles], abs=1e-5)

@@ -299,6 +299,14 @@ class Guard:
             return [None] * len(requests)
         rated = [replace(r, prefix=answer_prefix()) for r in requests]
         conts = continuations(policy) if self.engine.scores_categories else list(RATINGS)
+        if self.mode is Mode.TRIAGE and len(rated) > 1:  # no answer follows: one batch
+            try:
+                logprobs = self.engine.score(rated, conts)
+                return [scores_from_logprobs(policy, lp) for lp in logprobs]
+            except NotImplementedError:
+                return [None] * len(requests)
+            except EngineError:
+                pass  # find the request at fault: one at a time below
         out: list[Any] = []
         for r in rated:  # the engine prefills once per request anyway; errors stay per image
             try:

@@ -20,6 +20,9 @@ def serve(
     device: str | None = typer.Option(None, "--device", help="cuda, mps, cpu (default: best)."),
     dtype: str | None = typer.Option(None, "--dtype", help="float32, bfloat16, float16."),
     max_new_tokens: int = typer.Option(500, "--max-new-tokens", min=1, help="Answer limit."),
+    image_max_pixels: int | None = typer.Option(
+        None, "--image-max-pixels", help="Downscale images to this many pixels (faster)."
+    ),
     max_batch_size: int = typer.Option(8, "--max-batch-size", min=1, help="Requests a batch."),
     max_wait_ms: float = typer.Option(10.0, "--max-wait-ms", help="Wait for a batch to fill."),
     max_queue: int = typer.Option(64, "--max-queue", min=1, help="Waiting requests, then 503."),
@@ -46,7 +49,7 @@ def serve(
     config = ServeConfig(
         model=model, host=host, port=port, policy=policy, allow=parse_codes(allow),
         sensitive=parse_codes(sensitive), mode=mode, threshold=threshold, device=device,
-        dtype=dtype, max_new_tokens=max_new_tokens, max_batch_size=max_batch_size,
+        dtype=dtype, max_new_tokens=max_new_tokens, image_max_pixels=image_max_pixels, max_batch_size=max_batch_size,
         max_wait_ms=max_wait_ms, max_queue=max_queue, request_timeout=request_timeout,
         max_body_mb=max_body_mb, api_keys=[k for key in api_key for k in key.split(",") if k],
         allow_image_urls=allow_image_urls,

@@ -293,8 +293,15 @@ class TransformersEngine(Engine):
     def score(
         self, requests: Sequence[VisionRequest], continuations: Sequence[str]
     ) -> list[list[float]]:
-        """One prefill per request, then every continuation at once on the shared KV cache."""
+        """One prefill per request, then every continuation at once on the shared KV cache.
+
+        One request is prefilled alone and its cache kept for the answer that follows; several
+        are prefilled as one left-padded batch (triage: no answer follows), which is where a
+        batch pays, on CPUs as on GPUs.
+        """
         try:
+            if len(requests) > 1:
+                return self._score_batch(requests, continuations)
             return [self._score_one(r, continuations) for r in requests]
         except EngineError:
             raise
@@ -314,7 +321,6 @@ class TransformersEngine(Engine):
         options = self._continuation_tokens(request.prefix, continuations)
         with torch.inference_mode():
             inputs = self._inputs([request])
-            length = inputs["input_ids"].shape[1]
             out = self.model(**inputs, use_cache=True, logits_to_keep=1)
             self._remember(request, inputs["input_ids"], getattr(out, self._cache_kw))
             first = torch.log_softmax(out.logits[0, -1].float(), dim=-1)
@@ -323,9 +329,33 @@ class TransformersEngine(Engine):
             if not multi:
                 return totals
             tree = _TokenTree(options, multi)
-            logp = self._extend_tree(copy.deepcopy(getattr(out, self._cache_kw)), tree, length)
+            cache = copy.deepcopy(getattr(out, self._cache_kw))
+            logp = self._extend_tree(cache, tree, inputs["attention_mask"])[0]
         for i, targets in tree.targets.items():
             totals[i] += sum(logp[pos, tok].item() for pos, tok in targets)
+        return totals
+
+    def _score_batch(
+        self, requests: Sequence[VisionRequest], continuations: Sequence[str]
+    ) -> list[list[float]]:
+        torch = self._torch
+        prefixes = {r.prefix for r in requests}
+        if len(prefixes) > 1:  # continuations are tokenized after the prefix: one at a time
+            return [self._score_one(r, continuations) for r in requests]
+        options = self._continuation_tokens(requests[0].prefix, continuations)
+        with torch.inference_mode():
+            inputs = self._inputs(requests)
+            out = self.model(**inputs, use_cache=True, logits_to_keep=1)
+            first = torch.log_softmax(out.logits[:, -1].float(), dim=-1)
+            totals = [[row[o[0]].item() for o in options] for row in first]
+            multi = [i for i, o in enumerate(options) if len(o) > 1]
+            if not multi:
+                return totals
+            tree = _TokenTree(options, multi)
+            logp = self._extend_tree(getattr(out, self._cache_kw), tree, inputs["attention_mask"])
+        for b, row in enumerate(totals):
+            for i, targets in tree.targets.items():
+                row[i] += sum(logp[b, pos, tok].item() for pos, tok in targets)
         return totals
 
     def top_logprobs(self, request: VisionRequest, k: int) -> list[tuple[str, float]]:
@@ -344,29 +374,36 @@ class TransformersEngine(Engine):
             for i, v in zip(ids.tolist(), values.tolist(), strict=True)
         ]
 
-    def _extend_tree(self, cache: Any, tree: _TokenTree, start: int) -> Any:
-        """One forward over the tree's tokens; log-probabilities after each of them."""
+    def _extend_tree(self, cache: Any, tree: _TokenTree, attention_mask: Any) -> Any:
+        """One forward over the tree's tokens for every row of a (left-padded) batch;
+        log-probabilities after each of them, [rows, tree tokens, vocab]."""
         torch = self._torch
+        rows, width = attention_mask.shape
         n = len(tree.tokens)
-        ids = torch.tensor([tree.tokens], device=self.device)
-        positions = torch.tensor([start + d for d in tree.depths], device=self.device)
-        mask = torch.zeros(1, 1, n, start + n, dtype=torch.bool, device=self.device)
-        mask[..., :start] = True
+        ids = torch.tensor([tree.tokens] * rows, device=self.device)
+        mask = torch.zeros(rows, 1, n, width + n, dtype=torch.bool, device=self.device)
+        mask[:, 0, :, :width] = attention_mask.bool()[:, None, :]
         for i, seen in enumerate(tree.visible):
-            mask[0, 0, i, [start + j for j in seen]] = True
-        pos = positions.view(1, -1)
+            mask[:, 0, i, [width + j for j in seen]] = True
+        # positions continue the prefill's: a plain forward places a left-padded row's tokens
+        # after its padding, while Qwen-VL's multimodal rope counts real tokens only and
+        # shifts them by its rope deltas
+        depths = torch.tensor(tree.depths, device=self.device).view(1, -1)
         rope_deltas = getattr(getattr(self.model, "model", None), "rope_deltas", None)
-        if rope_deltas is not None:  # Qwen-VL multimodal rope: a text row and 3 rope rows
-            text = pos.view(1, 1, -1)
-            pos = torch.cat([text, text.expand(3, -1, -1) + rope_deltas[:1].view(1, 1, 1)], 0)
+        if rope_deltas is None:
+            pos = (width + depths).expand(rows, -1)
+        else:  # a text row and 3 rope rows
+            text = (attention_mask.long().sum(-1, keepdim=True) + depths).view(1, rows, n)
+            shift = rope_deltas.view(1, -1, 1)[:, :rows]
+            pos = torch.cat([text, text.expand(3, -1, -1) + shift], 0)
         out = self.model(
             input_ids=ids,
             attention_mask=mask,
             position_ids=pos,
-            cache_position=torch.arange(start, start + n, device=self.device),
+            cache_position=torch.arange(width, width + n, device=self.device),
             **{self._cache_kw: cache},
         )
-        return torch.log_softmax(out.logits[0].float(), dim=-1)
+        return torch.log_softmax(out.logits.float(), dim=-1)
 
     # ---- reusing a scored prefill for the answer ---------------------------------------
     def _remember(self, request: VisionRequest, input_ids: Any, cache: Any) -> None:

@@ -214,6 +214,7 @@ def load_guard(config: ServeConfig) -> Guard:
         generation=GenerationConfig(max_new_tokens=config.max_new_tokens),
         mode=config.mode,
         threshold=config.threshold,
+        image_max_pixels=config.image_max_pixels,
         device=config.device,
         dtype=config.dtype,
     )

@@ -23,6 +23,9 @@ class ServeConfig(BaseModel):
     mode: str = Field("full", description="full (rationale) or triage (scores only).")
     threshold: float | None = Field(None, description="Unsafe when P(Unsafe) >= threshold.")
     max_new_tokens: int = Field(500, ge=1, description="Answer length limit.")
+    image_max_pixels: int | None = Field(
+        None, description="Downscale images to this many pixels before the model (faster)."
+    )
     # batching
     max_batch_size: int = Field(8, ge=1, description="Most requests in one engine batch.")
     max_wait_ms: float = Field(10.0, ge=0, description="How long a batch waits to fill.")
