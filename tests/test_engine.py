@@ -9,7 +9,8 @@ from llavaguard.errors import ConfigError, ModelLoadError
 
 def test_registry():
     assert engine_class("transformers") is TransformersEngine
-    with pytest.raises(ConfigError, match="valid: transformers"):
+    assert engine_class("openai").name == "openai"
+    with pytest.raises(ConfigError, match="valid: openai, transformers"):
         engine_class("nope")
 
 

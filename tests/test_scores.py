@@ -149,7 +149,7 @@ def test_closing_quote_when_labels_prefix_each_other(tmp_path):
 def test_options_that_cannot_work():
     from test_guard import ScriptedEngine
 
-    with pytest.raises(ConfigError, match="triage mode needs scores"):
+    with pytest.raises(ConfigError, match="triage mode needs rating and category scores"):
         Guard(ScriptedEngine(), mode="triage")
     with pytest.raises(ConfigError, match="num_beams=1"):
         Guard(ScriptedEngine(), generation=GenerationConfig(num_beams=2))

@@ -49,7 +49,8 @@ def serve(
     config = ServeConfig(
         model=model, host=host, port=port, policy=policy, allow=parse_codes(allow),
         sensitive=parse_codes(sensitive), mode=mode, threshold=threshold, device=device,
-        dtype=dtype, max_new_tokens=max_new_tokens, image_max_pixels=image_max_pixels, max_batch_size=max_batch_size,
+        dtype=dtype, max_new_tokens=max_new_tokens, image_max_pixels=image_max_pixels,
+        max_batch_size=max_batch_size,
         max_wait_ms=max_wait_ms, max_queue=max_queue, request_timeout=request_timeout,
         max_body_mb=max_body_mb, api_keys=[k for key in api_key for k in key.split(",") if k],
         allow_image_urls=allow_image_urls,
