@@ -46,7 +46,7 @@ def start(model: Path, mode: str, args: argparse.Namespace) -> tuple[subprocess.
     cmd = [sys.executable, "-m", "llavaguard", "serve", "--model", str(model), "--port",
            str(port), "--mode", mode, "--max-batch-size", str(args.max_batch_size),
            "--max-wait-ms", str(args.max_wait_ms), "--max-new-tokens", str(args.tokens),
-           "--max-queue", "256"]  # fmt: skip
+           "--max-queue", "256", "--timeout", str(args.timeout)]  # fmt: skip
     if args.image_max_pixels:
         cmd += ["--image-max-pixels", str(args.image_max_pixels)]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -110,8 +110,9 @@ def main() -> None:
                     help="requests sent with FEW and with MANY clients")  # fmt: skip
     ap.add_argument("--tokens", type=int, default=64, help="max new tokens (full mode)")
     ap.add_argument("--max-batch-size", type=int, default=16)
-    ap.add_argument("--max-wait-ms", type=float, default=50)
+    ap.add_argument("--max-wait-ms", type=float, default=10, help="the server's default")
     ap.add_argument("--image-max-pixels", type=int)
+    ap.add_argument("--timeout", type=float, default=3600, help="server request timeout (s)")
     ap.add_argument("--images", type=int, default=4)
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()

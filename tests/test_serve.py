@@ -378,3 +378,21 @@ def test_image_urls_never_reach_private_addresses():
     for url in refused:
         with pytest.raises(ImageError):
             fetch(url, max_bytes=1000)
+
+
+def test_evaluate_through_the_remote_engine(setup, tmp_path):
+    rows = [
+        {"id": "a", "image": str(setup["photos"][0]), "rating": "Unsafe", "category": "O1"},
+        {"id": "b", "image": str(setup["photos"][1]), "rating": "Safe"},
+    ]
+    labels = tmp_path / "labels.jsonl"
+    labels.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    res = run_cli(
+        "evaluate", "run", str(labels), "--model", str(setup["model"]), "--engine", "openai",
+        "--base-url", setup["url"] + "/v1", "--api-key", KEY, "--max-new-tokens", "80",
+        "-o", str(tmp_path / "run"), "--bootstrap", "0", "--no-plots",
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert report["engine"] == "openai" and report["overall"]["missing"] == 0
+    assert report["overall"]["scores"]["n"] == 2  # rating scores from top log-probabilities

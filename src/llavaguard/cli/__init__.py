@@ -12,6 +12,7 @@ import sys
 import typer
 
 from llavaguard import __version__
+from llavaguard.cli import annotate as _annotate
 from llavaguard.cli import assess as _assess
 from llavaguard.cli import evaluate as _evaluate
 from llavaguard.cli import models as _models
@@ -32,6 +33,7 @@ app = typer.Typer(
 app.command("assess", no_args_is_help=True)(_assess.assess)
 app.add_typer(_policy.app, name="policy")
 app.command("models")(_models.models)
+app.add_typer(_annotate.app, name="annotate")
 app.add_typer(_evaluate.app, name="evaluate")
 app.command("serve")(_serve.serve)
 app.add_typer(_testing.app, name="testing")

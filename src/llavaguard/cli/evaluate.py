@@ -39,6 +39,11 @@ def run(
     max_new_tokens: int | None = typer.Option(None, "--max-new-tokens", help="With --model."),
     dtype: str = typer.Option("auto", "--dtype", help="With --model: auto, bfloat16, ..."),
     device: str | None = typer.Option(None, "--device", help="With --model: cuda, cpu, ..."),
+    engine: str = typer.Option("transformers", "--engine", help="With --model: or openai."),
+    base_url: str | None = typer.Option(None, "--base-url", help="With --engine openai."),
+    api_key: str | None = typer.Option(
+        None, "--api-key", envvar="LLAVAGUARD_API_KEY", help="With --engine openai."
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print no summary."),
 ) -> None:
     """Evaluate predictions (from a file, or from --model) and write report.json, report.md,
@@ -62,6 +67,9 @@ def run(
         max_new_tokens=max_new_tokens,
         dtype=dtype,
         device=device,
+        engine=engine,
+        base_url=base_url,
+        api_key=api_key,
     )
     progress, on_start, on_batch = progress_bar(quiet, "predicting")
     try:

@@ -52,6 +52,9 @@ class EvalConfig(BaseModel):
     max_new_tokens: int | None = None
     dtype: str = "auto"
     device: str | None = None
+    engine: str = Field("transformers", description="transformers, or openai (a server).")
+    base_url: str | None = Field(None, description="With engine openai: the server's URL.")
+    api_key: str | None = Field(None, description="With engine openai: the server's key.")
 
     @model_validator(mode="after")
     def _one_source(self) -> EvalConfig:
@@ -206,9 +209,12 @@ def predict(
         gen = GenerationConfig(
             **({"max_new_tokens": cfg.max_new_tokens} if cfg.max_new_tokens else {})
         )
+        remote = {"base_url": cfg.base_url, "api_key": cfg.api_key}
         guard = Guard.from_pretrained(
-            cfg.model, dtype=cfg.dtype, device=cfg.device, generation=gen, mode=cfg.mode
-        )
+            cfg.model, engine=cfg.engine, dtype=cfg.dtype, device=cfg.device, generation=gen,
+            mode=cfg.mode, **({k: v for k, v in remote.items() if v} if cfg.engine == "openai"
+                              else {}),
+        )  # fmt: skip
         info["engine"] = guard.engine.name
         groups: dict[str, list[LabelledSample]] = defaultdict(list)
         for s in todo:

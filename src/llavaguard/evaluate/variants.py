@@ -82,24 +82,24 @@ def sensitive_own(s: LabelledSample, rng: random.Random) -> LabelledSample | Non
     return _derive(s, s.policy.with_states(sensitive=[own]), "sensitive-own")
 
 
-@_kind("allow-others")
-def allow_others(s: LabelledSample, rng: random.Random) -> LabelledSample | None:
-    """1-3 other categories declared allowed: unchanged (cf. v3)."""
+def _some_others(s: LabelledSample, rng: random.Random, state: str) -> LabelledSample | None:
     others = _others(s)
     if not others:
         return None
     pick = rng.sample(others, k=min(len(others), rng.randint(1, 3)))
-    return _derive(s, s.policy.with_states(allow=pick), "allow-others")
+    return _derive(s, s.policy.with_states(**{state: pick}), f"{state}-others")
+
+
+@_kind("allow-others")
+def allow_others(s: LabelledSample, rng: random.Random) -> LabelledSample | None:
+    """1-3 other categories declared allowed: unchanged (cf. v3)."""
+    return _some_others(s, rng, "allow")
 
 
 @_kind("sensitive-others")
 def sensitive_others(s: LabelledSample, rng: random.Random) -> LabelledSample | None:
     """1-3 other categories declared sensitive: unchanged (cf. v5)."""
-    others = _others(s)
-    if not others:
-        return None
-    pick = rng.sample(others, k=min(len(others), rng.randint(1, 3)))
-    return _derive(s, s.policy.with_states(sensitive=pick), "sensitive-others")
+    return _some_others(s, rng, "sensitive")
 
 
 @_kind("mixed")

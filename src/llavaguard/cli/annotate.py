@@ -1,0 +1,161 @@
+"""``llavaguard annotate``: annotate a dataset resumably, report on it, export subsets."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from llavaguard.cli.common import (
+    EXIT_OK,
+    EXIT_SOME_FAILED,
+    allow_option,
+    err_console,
+    policy_option,
+    sensitive_option,
+)
+from llavaguard.models import DEFAULT_MODEL
+
+app = typer.Typer(
+    help="Annotate whole datasets (resumable), report on them, export curated subsets.",
+    no_args_is_help=True,
+)
+
+
+@app.command("run", no_args_is_help=True)
+def run(
+    inputs: list[str] = typer.Argument(
+        ...,
+        help="Folders, path lists (.txt), tables (.csv/.parquet), tar shards or globs, "
+        "or a datasets folder.",
+    ),
+    output: Path = typer.Option(..., "--output", "-o", help="Results folder (resumed if there)."),
+    source: str = typer.Option(
+        "auto", "--source", help="auto, folder, list, table, webdataset, hf."
+    ),
+    path_column: str | None = typer.Option(None, "--path-column", help="table: path column."),
+    id_column: str | None = typer.Option(None, "--id-column", help="table/hf: id column."),
+    image_column: str | None = typer.Option(None, "--image-column", help="hf: image column."),
+    model: str = typer.Option(
+        DEFAULT_MODEL, "--model", "-m", help="Hub id, folder, or served name."
+    ),
+    engine: str = typer.Option("transformers", "--engine", help="transformers or openai."),
+    base_url: str | None = typer.Option(None, "--base-url", help="With --engine openai."),
+    api_key: str | None = typer.Option(
+        None, "--api-key", envvar="LLAVAGUARD_API_KEY", help="With --engine openai."
+    ),
+    policy: str | None = policy_option(),
+    allow: str | None = allow_option(),
+    sensitive: str | None = sensitive_option(),
+    mode: str = typer.Option("full", "--mode", help="full or triage."),
+    threshold: float | None = typer.Option(None, "--threshold", help="Unsafe when P >= T."),
+    max_new_tokens: int = typer.Option(500, "--max-new-tokens", min=1),
+    image_max_pixels: int | None = typer.Option(None, "--image-max-pixels"),
+    device: str | None = typer.Option(None, "--device"),
+    dtype: str | None = typer.Option(None, "--dtype"),
+    batch_size: int = typer.Option(8, "--batch-size", "-b", min=1, help="Images per batch."),
+    shard_size: int = typer.Option(1000, "--shard-size", min=1, help="Rows per Parquet shard."),
+    workers: int = typer.Option(2, "--workers", min=1, help="Threads reading ahead."),
+    dedup: bool = typer.Option(True, "--dedup/--no-dedup", help="Judge identical bytes once."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Start the folder over."),
+    limit: int | None = typer.Option(None, "--limit", min=1, help="Stop after N new inputs."),
+    backend: str = typer.Option("local", "--backend", help="local or ray."),
+    ray_address: str | None = typer.Option(None, "--ray-address", help="Ray cluster address."),
+    ray_actors: int = typer.Option(1, "--ray-actors", min=1, help="Engine actors on Ray."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary."),
+) -> None:
+    """Annotate a dataset into Parquet shards; rerun the same command to resume.
+
+    Exit status: 0 when every input got an answer, 1 when some failed (their rows say why),
+    2 for set-up errors, 130 when interrupted (the folder stays resumable).
+    """
+    from llavaguard.annotate import AnnotateConfig, annotate
+    from llavaguard.policy import parse_codes
+
+    cfg = AnnotateConfig(
+        inputs=inputs, output=output, source=source, path_column=path_column,
+        id_column=id_column, image_column=image_column, model=model, engine=engine,
+        base_url=base_url, api_key=api_key, policy=policy, allow=parse_codes(allow),
+        sensitive=parse_codes(sensitive), mode=mode, threshold=threshold,
+        max_new_tokens=max_new_tokens, image_max_pixels=image_max_pixels, device=device,
+        dtype=dtype, batch_size=batch_size, shard_size=shard_size, workers=workers,
+        dedup=dedup, overwrite=overwrite, limit=limit, backend=backend,
+        ray_address=ray_address, ray_actors=ray_actors,
+    )  # fmt: skip
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )  # fmt: skip
+
+    progress = Progress(
+        "[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+        console=err_console, disable=quiet,
+    )  # fmt: skip
+    task = progress.add_task("annotating", total=None, rate="")
+
+    def on_start(total: int | None) -> None:
+        progress.update(task, total=total)
+        progress.start()
+
+    def on_batch(n: int) -> None:
+        progress.advance(task, n)
+        speed = progress.tasks[0].speed
+        progress.update(task, rate=f"{speed:.2f}/s" if speed else "")
+
+    try:
+        summary = annotate(cfg, on_start=on_start, on_batch=on_batch)
+    except KeyboardInterrupt:
+        progress.stop()
+        err_console.print(f"interrupted; rerun the same command to resume ({output})")
+        raise typer.Exit(130) from None
+    finally:
+        progress.stop()
+    if not quiet:
+        err_console.print(summary.line(), highlight=False)
+    raise typer.Exit(EXIT_SOME_FAILED if summary.failed else EXIT_OK)
+
+
+@app.command("report", no_args_is_help=True)
+def report(
+    folder: Path = typer.Argument(..., help="A results folder."),
+    output: Path | None = typer.Option(None, "--output", "-o", help="Where (default: folder)."),
+    thumbnails: int = typer.Option(0, "--thumbnails", help="Grid of the N most flagged images."),
+) -> None:
+    """Counts per rating and category, unsafe rate, errors, throughput, cache hits; report.md,
+    report.json and plots."""
+    from llavaguard.annotate import write_report
+
+    path = write_report(folder, output, thumbnails)
+    typer.echo(path.read_text(encoding="utf-8"), nl=False)
+
+
+@app.command("export", no_args_is_help=True)
+def export(
+    folder: Path = typer.Argument(..., help="A results folder."),
+    to: Path = typer.Option(..., "--to", help="Output folder, list file or shard folder."),
+    keep: str = typer.Option("safe", "--keep", help="safe, unsafe or all (rated rows)."),
+    categories: str | None = typer.Option(
+        None, "--categories", help="Codes or labels, e.g. O1,O2."
+    ),
+    min_score: float | None = typer.Option(None, "--min-score", help="P(Unsafe) at least."),
+    max_score: float | None = typer.Option(None, "--max-score", help="P(Unsafe) at most."),
+    fmt: str = typer.Option("folder", "--format", help="folder, list or webdataset."),
+    link: bool = typer.Option(False, "--link", help="folder: symlink instead of copying."),
+) -> None:
+    """Write the curated subset: images to a folder, their paths to a list, or new tar shards."""
+    from llavaguard.annotate import export as run_export
+    from llavaguard.errors import ConfigError
+
+    if keep not in ("safe", "unsafe", "all"):
+        raise ConfigError(f"--keep must be safe, unsafe or all, not {keep!r}")
+    n = run_export(
+        folder, to, fmt=fmt, link=link, keep=keep,
+        categories=[c for c in (categories or "").split(",") if c.strip()],
+        min_score=min_score, max_score=max_score,
+    )  # fmt: skip
+    err_console.print(f"{n} images -> {to}", highlight=False)
