@@ -108,6 +108,8 @@ def test_every_source_layout(tmp_path, photos):
 
 
 def test_annotate_folder_with_bad_and_duplicate_files(tmp_path, tiny, photos):
+    import pyarrow.parquet as pq
+
     folder = tmp_path / "in"
     folder.mkdir()
     for p in photos[:4]:
@@ -130,8 +132,9 @@ def test_annotate_folder_with_bad_and_duplicate_files(tmp_path, tiny, photos):
     ok = [r for r in rows if r["rating"]]
     assert all(r["width"] and r["height"] and r["policy_id"] and r["sha256"] for r in ok)
     assert "6 new rows (4 assessed, 1 from cache, 1 failed)" in res.stderr
-    assert not list(out.glob("*.tmp"))
-    manifest = json.loads((out / "manifest.json").read_text())
+    assert not list(out.glob(".*.tmp"))
+    assert pq.read_table(out).num_rows == 6  # the folder reads as one Parquet dataset
+    manifest = json.loads((out / "_manifest.json").read_text())
     assert manifest["identity"]["model"] == str(tiny) and manifest["runs"][0]["rows"] == 6
     # rerun: nothing left to do, nothing duplicated
     res = run_cli("annotate", "run", str(folder), "-o", str(out), "--model", str(tiny), "-q")
@@ -195,11 +198,11 @@ def test_report_and_exports(tmp_path, tiny, photos):
     assert 0 < len(unsafe) < len(rows)
     res = run_cli("annotate", "report", str(out), "--thumbnails", "4")
     assert res.returncode == 0, res.stderr
-    report = json.loads((out / "report.json").read_text())
+    report = json.loads((out / "_report" / "report.json").read_text())
     assert report["rows"] == len(rows) and report["ratings"]["Unsafe"] == len(unsafe)
     assert report["unsafe_rate"] == pytest.approx(len(unsafe) / len(rows))
     for png in ("categories.png", "scores.png", "flagged.png"):
-        assert (out / "plots" / png).read_bytes().startswith(b"\x89PNG")
+        assert (out / "_report" / "plots" / png).read_bytes().startswith(b"\x89PNG")
     assert "unsafe rate" in res.stdout
     # exports: folder of copies, a path list, new tar shards
     safe = select(out, keep="safe")

@@ -39,7 +39,7 @@ def select(
 ) -> list[dict[str, Any]]:
     """Rows that pass: rating (error rows never pass), categories (codes or labels), score."""
     if ResultStore(root).manifest() is None:
-        raise ConfigError(f"{root}: not an annotation results folder (no manifest.json)")
+        raise ConfigError(f"{root}: not an annotation results folder (no _manifest.json)")
     rows = ResultStore(root).rows().to_pylist()
     wanted = {c.strip().lower() for c in categories if c.strip()}
     out = []

@@ -15,7 +15,7 @@ def summarize(root: Path) -> dict[str, Any]:
     store = ResultStore(root)
     manifest = store.manifest()
     if manifest is None:
-        raise ConfigError(f"{root}: not an annotation results folder (no manifest.json)")
+        raise ConfigError(f"{root}: not an annotation results folder (no _manifest.json)")
     table = store.rows(["rating", "category", "valid", "error", "cached", "score"])
     ratings = table.column("rating").to_pylist()
     categories = table.column("category").to_pylist()
@@ -50,8 +50,9 @@ def summarize(root: Path) -> dict[str, Any]:
 
 
 def write_report(root: Path, out: Path | None = None, thumbnails: int = 0) -> Path:
-    """report.md, report.json and plots/ in ``out`` (default: the results folder)."""
-    out = Path(out or root)
+    """report.md, report.json and plots/ in ``out`` (default: ``_report`` in the results
+    folder, a name Parquet readers skip)."""
+    out = Path(out or Path(root) / "_report")
     out.mkdir(parents=True, exist_ok=True)
     s = summarize(root)
     plots = _plots(root, s, out / "plots", thumbnails)

@@ -251,8 +251,8 @@ def annotate(
     cfg = cfg or AnnotateConfig(**kw)
     policy = Policy.load(cfg.policy, allow=cfg.allow, sensitive=cfg.sensitive)
     store = ResultStore(cfg.output)
-    params = {"llavaguard_version": __version__, "policy": policy.describe(),
-              **cfg.model_dump(mode="json", exclude={"api_key", "overwrite"})}  # fmt: skip
+    params = {**cfg.model_dump(mode="json", exclude={"api_key", "overwrite"}),
+              "llavaguard_version": __version__, "policy": policy.describe()}  # fmt: skip
     store.open(identity(cfg, policy.id), params, cfg.overwrite)
     done = store.done_ids()
     options = {"path_column": cfg.path_column, "id_column": cfg.id_column,

@@ -1,10 +1,13 @@
 """A results folder: Parquet shards written atomically, a manifest, and the dedup cache.
 
     results/
-      manifest.json         what produced the rows (model, engine, policy id, mode, ...) and runs
-      part-000000.parquet   one row per input; shards are written to a temporary name, then
-      part-000001.parquet   renamed, so a shard is either whole or absent
-      cache.sqlite          image sha256 + policy + model -> assessment (dedup across inputs)
+      _manifest.json        what produced the rows (model, engine, policy id, mode, ...) and runs
+      part-000000.parquet   one row per input; shards are written to a hidden temporary name,
+      part-000001.parquet   then renamed, so a shard is either whole or absent
+      _cache.sqlite         image sha256 + policy + model -> assessment (dedup across inputs)
+
+Names starting with "_" or "." are what Parquet readers skip, so ``pq.read_table(results)``
+reads the rows and nothing else.
 
 Resume rules: the ids in the shards are done; a rerun skips them. A different model, engine,
 mode or policy in the same folder is refused unless the caller starts over.
@@ -22,8 +25,8 @@ from typing import Any
 
 from llavaguard.errors import ConfigError
 
-MANIFEST = "manifest.json"
-CACHE = "cache.sqlite"
+MANIFEST = "_manifest.json"
+CACHE = "_cache.sqlite"
 IDENTITY = ("model", "engine", "mode", "policy_id", "threshold", "image_max_pixels")
 
 
@@ -83,7 +86,7 @@ class ResultStore:
         _atomic_write(self.root / MANIFEST, (json.dumps(doc, indent=2) + "\n").encode())
 
     def clear(self) -> None:
-        for p in self.root.glob("part-*.parquet*"):
+        for p in [*self.root.glob("part-*.parquet"), *self.root.glob(".part-*.parquet.tmp")]:
             p.unlink()
         for name in (MANIFEST, CACHE, CACHE + "-wal", CACHE + "-shm"):
             (self.root / name).unlink(missing_ok=True)
@@ -109,7 +112,7 @@ class ResultStore:
         existing = self.shards()
         n = int(existing[-1].stem.split("-")[1]) + 1 if existing else 0
         path = self.root / f"part-{n:06d}.parquet"
-        tmp = path.with_name(path.name + ".tmp")
+        tmp = path.with_name("." + path.name + ".tmp")
         pq.write_table(pa.Table.from_pylist(list(rows), schema=schema()), tmp)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
@@ -162,7 +165,7 @@ class DedupCache:
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name("." + path.name + ".tmp")
     with open(tmp, "wb") as f:
         f.write(data)
         f.flush()
