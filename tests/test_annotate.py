@@ -241,3 +241,30 @@ def test_ray_backend_gives_the_local_rows(tmp_path, tiny, photos):
     # and it resumes like the local backend: nothing left to do
     again = annotate(AnnotateConfig(output=tmp_path / "ray", backend="ray", **common))
     assert again.rows == 0 and again.skipped == len(photos)
+
+
+def test_ctrl_c_writes_what_is_done_and_exits_130(tmp_path, tiny):
+    from llavaguard.annotate import ResultStore
+    from llavaguard.testing import make_sample_images
+
+    images = make_sample_images(tmp_path / "in", 30, seed=5)
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "llavaguard", "annotate", "run", str(tmp_path / "in"), "-o",
+           str(out), "--model", str(tiny), "--mode", "triage", "-b", "2", "--shard-size", "1000",
+           "-q"]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (out / "_cache.sqlite").exists():
+        time.sleep(0.2)
+    time.sleep(3)  # some batches answered, none yet in a shard (1000 rows a shard)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr
+    assert "rerun the same command to resume" in stderr
+    written = ResultStore(out).rows(["id"]).num_rows
+    assert 0 < written < len(images)  # the buffered rows were flushed on the way out
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr
+    assert sorted(ResultStore(out).rows(["id"]).column("id").to_pylist()) == sorted(
+        p.name for p in images
+    )

@@ -199,10 +199,14 @@ def test_a_batch_scores_as_its_requests_do_alone(engine, images):
     ]
     conts = continuations(policy)
     alone = [engine.score([r], conts)[0] for r in requests]
-    together = engine.score(requests, conts)
+    engine.batch_prefill = True  # the accelerator path, taken here on the CPU
+    try:
+        together = engine.score(requests, conts)
+        triage = Guard(engine, mode="triage")
+        batched = triage.assess(images[:4], policy=policy, batch_size=4)
+    finally:
+        engine.batch_prefill = False
     for a, b in zip(alone, together, strict=True):
         assert a == pytest.approx(b, abs=1e-4)
-    triage = Guard(engine, mode="triage")
-    batched = triage.assess(images[:4], policy=policy, batch_size=4)
     singles = [triage.assess(p, policy=policy) for p in images[:4]]
     assert [a.score for a in batched] == pytest.approx([a.score for a in singles], abs=1e-5)

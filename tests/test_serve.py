@@ -396,3 +396,17 @@ def test_evaluate_through_the_remote_engine(setup, tmp_path):
     report = json.loads((tmp_path / "run" / "report.json").read_text())
     assert report["engine"] == "openai" and report["overall"]["missing"] == 0
     assert report["overall"]["scores"]["n"] == 2  # rating scores from top log-probabilities
+
+
+def test_annotate_through_the_remote_engine(setup, tmp_path):
+    from llavaguard.annotate import ResultStore
+
+    res = run_cli(
+        "annotate", "run", str(setup["photos"][0].parent), "-o", str(tmp_path / "out"),
+        "--model", str(setup["model"]), "--engine", "openai", "--base-url",
+        setup["url"] + "/v1", "--api-key", KEY, "--max-new-tokens", "80", "-b", "4", "-q",
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    rows = ResultStore(tmp_path / "out").rows().to_pylist()
+    assert len(rows) == len(setup["photos"]) and {r["engine"] for r in rows} == {"openai"}
+    assert all(r["rating"] and r["score"] is not None for r in rows)
