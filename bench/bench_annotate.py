@@ -3,11 +3,11 @@ pure engine time on the same images.
 
 Each size runs `llavaguard annotate run` in its own process (so its peak RSS is its own) on a
 folder of distinct small photos-like images (unique bytes: the dedup cache never answers).
-The overhead run times the same images twice in one process, after a warm-up: the whole
-pipeline (read, hash, decode ahead, cache, shards) against `guard.assess` on images decoded
-beforehand, same batch size; overhead = pipeline / engine - 1.
+The overhead runs time the same images in one process, after a warm-up, three times each,
+alternating (medians): the whole pipeline (read, hash, decode ahead, cache, shards) against
+`guard.assess` on images decoded beforehand, same batch size; overhead = pipeline/engine - 1.
 
-    .venv/bin/python bench/bench_annotate.py                  # tiny model, triage, ~15 min
+    .venv/bin/python bench/bench_annotate.py                  # tiny model, triage, ~10 min
     .venv/bin/python bench/bench_annotate.py --sizes 1000     # quicker
 
 Writes bench/results/annotate-tiny.json.
@@ -21,6 +21,7 @@ import os
 import platform
 import random
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -94,7 +95,8 @@ def run_cli(images: Path, out: Path, model: Path, args: argparse.Namespace) -> d
 
 
 def overhead(images: Path, model: Path, args: argparse.Namespace, n: int) -> dict:
-    """Pipeline time against engine time on the same n images, one process, warm."""
+    """Pipeline time against engine time on the same n images, one process, warm; the
+    median of ``--repeats`` alternating runs of each."""
     import shutil
 
     from llavaguard.annotate import AnnotateConfig, annotate
@@ -113,27 +115,25 @@ def overhead(images: Path, model: Path, args: argparse.Namespace, n: int) -> dic
             shutil.copyfile(f, subset / f.name)
     decoded = [load_image(f) for f in files]
     guard.assess(decoded[: args.batch_size], batch_size=args.batch_size)  # warm-up
-    t = time.perf_counter()
-    guard.assess(decoded, batch_size=args.batch_size)
-    engine_s = time.perf_counter() - t
+    engine_s, pipeline_s = [], []
     out = CACHE / "overhead-out"
-    summary = annotate(
-        AnnotateConfig(
-            inputs=[str(subset)],
-            output=out,
-            model=str(model),
-            mode=args.mode,
-            batch_size=args.batch_size,
-            overwrite=True,
-            max_new_tokens=args.tokens,
-        ),
-        guard=guard,
-    )
+    for _ in range(args.repeats):  # alternate, so drift on a shared machine hits both alike
+        t = time.perf_counter()
+        guard.assess(decoded, batch_size=args.batch_size)
+        engine_s.append(time.perf_counter() - t)
+        summary = annotate(
+            AnnotateConfig(inputs=[str(subset)], output=out, model=str(model), mode=args.mode,
+                           batch_size=args.batch_size, overwrite=True,
+                           max_new_tokens=args.tokens),
+            guard=guard,
+        )  # fmt: skip
+        pipeline_s.append(summary.seconds)
+    engine, pipeline = statistics.median(engine_s), statistics.median(pipeline_s)
     return {
         "images": n,
         "engine_seconds": engine_s,
-        "pipeline_seconds": summary.seconds,
-        "overhead": summary.seconds / engine_s - 1,
+        "pipeline_seconds": pipeline_s,
+        "overhead": pipeline / engine - 1,
     }
 
 
@@ -144,6 +144,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--tokens", type=int, default=32)
     ap.add_argument("--overhead-images", type=int, default=500)
+    ap.add_argument("--repeats", type=int, default=3, help="overhead runs (median)")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
 

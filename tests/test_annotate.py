@@ -243,6 +243,18 @@ def test_ray_backend_gives_the_local_rows(tmp_path, tiny, photos):
     assert again.rows == 0 and again.skipped == len(photos)
 
 
+def answered(cache: Path) -> int:
+    import sqlite3
+
+    if not cache.exists():
+        return 0
+    try:
+        with sqlite3.connect(cache) as db:
+            return db.execute("SELECT count(*) FROM results").fetchone()[0]
+    except sqlite3.Error:  # not created yet
+        return 0
+
+
 def test_ctrl_c_writes_what_is_done_and_exits_130(tmp_path, tiny):
     from llavaguard.annotate import ResultStore
     from llavaguard.testing import make_sample_images
@@ -254,9 +266,8 @@ def test_ctrl_c_writes_what_is_done_and_exits_130(tmp_path, tiny):
            "-q"]  # fmt: skip
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
-    while time.time() < deadline and not (out / "_cache.sqlite").exists():
-        time.sleep(0.2)
-    time.sleep(3)  # some batches answered, none yet in a shard (1000 rows a shard)
+    while time.time() < deadline and answered(out / "_cache.sqlite") < 4:
+        time.sleep(0.2)  # until some batches are answered, none yet in a shard (1000 a shard)
     proc.send_signal(signal.SIGINT)
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 130, stderr

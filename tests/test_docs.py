@@ -24,19 +24,26 @@ def test_readme_setup_and_test_commands_are_what_ci_runs():
         assert command in readme and command in ci
 
 
-def test_evaluation_example_runs_as_shown(tmp_path):
-    """docs/evaluation.md's example block, run verbatim in an empty folder."""
+def run_example(doc_name: str, tmp_path: Path):
+    """The bash block after a doc's "Example, runnable as shown" heading, run verbatim in an
+    empty folder with the environment's bin on PATH."""
     import os
     import re
     import subprocess
     import sys
 
-    doc = (ROOT / "docs" / "evaluation.md").read_text("utf-8")
-    block = re.search(r"<!-- example:evaluate -->\n```bash\n(.*?)\n```", doc, re.S).group(1)
+    doc = (ROOT / "docs" / doc_name).read_text("utf-8")
+    section = doc[doc.index("## Example, runnable as shown") :]
+    block = re.search(r"```bash\n(.*?)\n```", section, re.S).group(1)
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     res = subprocess.run(["bash", "-e", "-c", block], cwd=tmp_path, env=env,
                          capture_output=True, text=True, timeout=600)  # fmt: skip
     assert res.returncode == 0, res.stderr[-2000:]
+    return doc, res
+
+
+def test_evaluation_example_runs_as_shown(tmp_path):
+    doc, res = run_example("evaluation.md", tmp_path)
     for run in ("full", "triage"):
         for name in ("report.json", "report.md", "samples.jsonl", "plots/confusion.png"):
             assert (tmp_path / "runs" / run / name).is_file(), (run, name)
@@ -44,3 +51,15 @@ def test_evaluation_example_runs_as_shown(tmp_path):
     shown = doc[doc.index("The comparison printed") :]
     # the documented comparison is what the command prints (up to the report date)
     assert res.stdout.strip().splitlines()[-2] in shown
+
+
+def test_annotate_example_runs_as_shown(tmp_path):
+    import pyarrow.parquet as pq
+
+    _, res = run_example("annotate.md", tmp_path)
+    assert pq.read_table(tmp_path / "results").num_rows == 8
+    assert (tmp_path / "results" / "_report" / "report.md").is_file()
+    assert "8 rows" in res.stdout
+    kept = len(list((tmp_path / "curated").iterdir()))
+    flagged = len((tmp_path / "flagged.txt").read_text().splitlines())
+    assert kept + flagged == 8

@@ -136,6 +136,7 @@ class DedupCache:
     def __init__(self, path: Path) -> None:
         self.db = sqlite3.connect(path, check_same_thread=False)
         self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")  # a cache: an app crash loses nothing
         self.db.execute(
             "CREATE TABLE IF NOT EXISTS results (sha256 TEXT, policy_id TEXT, model TEXT,"
             " mode TEXT, record TEXT, PRIMARY KEY (sha256, policy_id, model, mode))"
