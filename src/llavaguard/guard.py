@@ -17,7 +17,13 @@ from pathlib import Path
 from typing import Any, overload
 
 from llavaguard.assessment import Assessment
-from llavaguard.engines import Engine, GenerationConfig, VisionRequest, load_engine
+from llavaguard.engines import (
+    Engine,
+    GenerationConfig,
+    VisionRequest,
+    generate_isolated,
+    load_engine,
+)
 from llavaguard.errors import ConfigError, EngineError, ImageError
 from llavaguard.images import ImageLimits, fit_pixels, load_image, source_id
 from llavaguard.models import DEFAULT_MODEL, spec_for
@@ -339,18 +345,7 @@ class Guard:
         if self.constrained:
             schema = policy.answer_schema(self.rationale_max_chars)
             config = config.model_copy(update={"json_schema": schema})
-        try:
-            return list(self.engine.generate(requests, config))
-        except EngineError as e:
-            if len(requests) == 1:
-                return [e]
-        out: list[str | Exception] = []
-        for r in requests:
-            try:
-                out.extend(self.engine.generate([r], config))
-            except EngineError as e:
-                out.append(e)
-        return out
+        return list(generate_isolated(self.engine, requests, config))
 
     # ---- records ---------------------------------------------------------------------------
     def _record(self, image_id: str, policy: Policy, **fields: Any) -> Assessment:

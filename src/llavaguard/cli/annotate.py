@@ -10,6 +10,9 @@ from llavaguard.cli.common import (
     EXIT_OK,
     EXIT_SOME_FAILED,
     allow_option,
+    api_key_option,
+    base_url_option,
+    engine_option,
     err_console,
     policy_option,
     sensitive_option,
@@ -39,11 +42,9 @@ def run(
     model: str = typer.Option(
         DEFAULT_MODEL, "--model", "-m", help="Hub id, folder, or served name."
     ),
-    engine: str = typer.Option("transformers", "--engine", help="transformers or openai."),
-    base_url: str | None = typer.Option(None, "--base-url", help="With --engine openai."),
-    api_key: str | None = typer.Option(
-        None, "--api-key", envvar="LLAVAGUARD_API_KEY", help="With --engine openai."
-    ),
+    engine: str = engine_option(),
+    base_url: str | None = base_url_option(),
+    api_key: str | None = api_key_option(),
     policy: str | None = policy_option(),
     allow: str | None = allow_option(),
     sensitive: str | None = sensitive_option(),

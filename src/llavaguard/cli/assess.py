@@ -10,6 +10,9 @@ from llavaguard.cli.common import (
     EXIT_OK,
     EXIT_SOME_FAILED,
     allow_option,
+    api_key_option,
+    base_url_option,
+    engine_option,
     err_console,
     policy_option,
     progress_bar,
@@ -21,21 +24,9 @@ from llavaguard.models import DEFAULT_MODEL
 def assess(
     paths: list[Path] = typer.Argument(..., help="Image files or folders (searched recursively)."),
     model: str = typer.Option(DEFAULT_MODEL, "--model", "-m", help="Hub id or local folder."),
-    engine: str = typer.Option(
-        "transformers",
-        "--engine",
-        help="transformers (local) or openai (a vLLM, SGLang or llavaguard server at --base-url).",
-    ),
-    base_url: str | None = typer.Option(
-        None, "--base-url", help="With --engine openai: the server, e.g. http://host:8000/v1."
-    ),
-    api_key: str | None = typer.Option(
-        None,
-        "--api-key",
-        envvar="LLAVAGUARD_API_KEY",
-        show_envvar=True,
-        help="With --engine openai: the server's API key.",
-    ),
+    engine: str = engine_option(),
+    base_url: str | None = base_url_option(),
+    api_key: str | None = api_key_option(),
     policy: str | None = policy_option(),
     allow: str | None = allow_option(),
     sensitive: str | None = sensitive_option(),

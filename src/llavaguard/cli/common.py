@@ -13,6 +13,30 @@ EXIT_INTERRUPTED = 130
 err_console = Console(stderr=True)
 
 
+def engine_option() -> str:
+    return typer.Option(
+        "transformers",
+        "--engine",
+        help="transformers (local) or openai (a vLLM, SGLang or llavaguard server at --base-url).",
+    )
+
+
+def base_url_option() -> str | None:
+    return typer.Option(
+        None, "--base-url", help="With --engine openai: the server, e.g. http://host:8000/v1."
+    )
+
+
+def api_key_option() -> str | None:
+    return typer.Option(
+        None,
+        "--api-key",
+        envvar="LLAVAGUARD_API_KEY",
+        show_envvar=True,
+        help="With --engine openai: the server's API key.",
+    )
+
+
 def policy_option() -> str | None:
     return typer.Option(
         None, "--policy", "-p", help="Built-in policy name or a YAML/JSON policy file."

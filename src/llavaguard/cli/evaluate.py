@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from llavaguard.cli.common import err_console
+from llavaguard.cli.common import api_key_option, base_url_option, engine_option, err_console
 
 app = typer.Typer(
     help="Score a safeguard against a labelled set; compare runs.", no_args_is_help=True
@@ -39,11 +39,9 @@ def run(
     max_new_tokens: int | None = typer.Option(None, "--max-new-tokens", help="With --model."),
     dtype: str = typer.Option("auto", "--dtype", help="With --model: auto, bfloat16, ..."),
     device: str | None = typer.Option(None, "--device", help="With --model: cuda, cpu, ..."),
-    engine: str = typer.Option("transformers", "--engine", help="With --model: or openai."),
-    base_url: str | None = typer.Option(None, "--base-url", help="With --engine openai."),
-    api_key: str | None = typer.Option(
-        None, "--api-key", envvar="LLAVAGUARD_API_KEY", help="With --engine openai."
-    ),
+    engine: str = engine_option(),
+    base_url: str | None = base_url_option(),
+    api_key: str | None = api_key_option(),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Print no summary."),
 ) -> None:
     """Evaluate predictions (from a file, or from --model) and write report.json, report.md,

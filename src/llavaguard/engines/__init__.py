@@ -10,6 +10,7 @@ from llavaguard.engines.base import (
     Engine,
     GenerationConfig,
     VisionRequest,
+    generate_isolated,
 )
 from llavaguard.errors import ConfigError
 
@@ -41,5 +42,6 @@ __all__ = [
     "GenerationConfig",
     "VisionRequest",
     "engine_class",
+    "generate_isolated",
     "load_engine",
 ]

@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from llavaguard.errors import EngineError
+
 if TYPE_CHECKING:
     from PIL import Image
 
@@ -102,3 +104,24 @@ class Engine(ABC):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def generate_isolated(
+    engine: Engine, requests: Sequence[VisionRequest], config: GenerationConfig
+) -> list[str | EngineError]:
+    """Answers for a batch; if the batch fails as a whole, each request is tried alone, so a
+    bad request costs only its own answer (its EngineError takes its place)."""
+    if not requests:
+        return []
+    try:
+        return list(engine.generate(requests, config))
+    except EngineError as e:
+        if len(requests) == 1:
+            return [e]
+    out: list[str | EngineError] = []
+    for r in requests:
+        try:
+            out.extend(engine.generate([r], config))
+        except EngineError as e:
+            out.append(e)
+    return out

@@ -89,21 +89,10 @@ class Service:
             )  # fmt: skip
         engine = self.guard.engine
         if kind == "chat":
-            from llavaguard.engines import GenerationConfig
+            from llavaguard.engines import GenerationConfig, generate_isolated
 
             config = GenerationConfig.model_validate_json(key[1])
-            try:
-                return list(engine.generate(payloads, config))
-            except EngineError:
-                if len(payloads) == 1:
-                    raise
-            out: list[Any] = []
-            for p in payloads:  # one bad request must not fail its batch-mates
-                try:
-                    out.extend(engine.generate([p], config))
-                except EngineError as e:
-                    out.append(e)
-            return out
+            return generate_isolated(engine, payloads, config)
         if kind == "top":
             return [engine.top_logprobs(p, key[1]) for p in payloads]
         raise AssertionError(kind)
