@@ -104,6 +104,7 @@ def prepare(item: Item, max_bytes: int) -> Prepared:
 
     if item.error:
         return Prepared(item, error=item.error)
+    sha = None
     try:
         if isinstance(item.data, str):
             size = os.path.getsize(item.data)
@@ -117,7 +118,7 @@ def prepare(item: Item, max_bytes: int) -> Prepared:
         image = load_image(data, limits=ImageLimits(max_bytes=max_bytes), name=item.key)
         return Prepared(item, sha, image, image.width, image.height)
     except ImageError as e:
-        return Prepared(item, sha if "sha" in locals() else None, error=str(e))
+        return Prepared(item, sha, error=str(e))
     except OSError as e:
         return Prepared(item, error=f"{item.key}: cannot read ({e.strerror or e})")
 
