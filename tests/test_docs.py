@@ -63,3 +63,13 @@ def test_annotate_example_runs_as_shown(tmp_path):
     kept = len(list((tmp_path / "curated").iterdir()))
     flagged = len((tmp_path / "flagged.txt").read_text().splitlines())
     assert kept + flagged == 8
+
+
+def test_dataset_example_runs_as_shown(tmp_path):
+    import json
+
+    _, res = run_example("dataset.md", tmp_path)
+    assert "summary.json" in res.stdout  # the ls at the end
+    summary = json.loads((tmp_path / "dataset" / "summary.json").read_text())
+    assert summary["recipe"] == ["v3", "v3", "v3", "v2"]
+    assert summary["splits"]["train"]["images"] + summary["splits"]["test"]["images"] == 5

@@ -14,6 +14,7 @@ import typer
 from llavaguard import __version__
 from llavaguard.cli import annotate as _annotate
 from llavaguard.cli import assess as _assess
+from llavaguard.cli import dataset as _dataset
 from llavaguard.cli import evaluate as _evaluate
 from llavaguard.cli import models as _models
 from llavaguard.cli import policy as _policy
@@ -34,6 +35,7 @@ app.command("assess", no_args_is_help=True)(_assess.assess)
 app.add_typer(_policy.app, name="policy")
 app.command("models")(_models.models)
 app.add_typer(_annotate.app, name="annotate")
+app.add_typer(_dataset.app, name="dataset")
 app.add_typer(_evaluate.app, name="evaluate")
 app.command("serve")(_serve.serve)
 app.add_typer(_testing.app, name="testing")

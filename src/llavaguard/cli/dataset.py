@@ -1,0 +1,42 @@
+"""``llavaguard dataset``: build training sets from labelled images."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+app = typer.Typer(help="Build policy-following training sets from labelled images.",
+                  no_args_is_help=True)  # fmt: skip
+
+
+@app.command("build", no_args_is_help=True)
+def build(
+    labels: Path = typer.Argument(
+        ...,
+        help="Labelled images: JSONL/JSON/CSV/Parquet with "
+        "image, rating, category, optional id and rationale.",
+    ),
+    output: Path = typer.Option(..., "--output", "-o", help="Folder for the dataset."),
+    recipe: str = typer.Option(
+        "v3,v3,v3,v2",
+        "--recipe",
+        help="Augmentations per Unsafe image (v1, v2, v2a, v3, v4, "
+        "v5; repeat for independent draws). Default: the v1.2 recipe.",
+    ),
+    test_fraction: float = typer.Option(0.2, "--test-fraction", help="Images held out."),
+    balance: bool = typer.Option(
+        True, "--balance/--no-balance", help="Oversample to balance ratings in train."
+    ),
+    seed: int = typer.Option(0, "--seed", help="Seed for augmentations, split and balance."),
+) -> None:
+    """Augment with policy exceptions, split per image, balance, and write train/test as LLaVA
+    JSON, TRL prompt/completion JSONL and evaluation labels, plus summary.json."""
+    from llavaguard.dataset.build import build_dataset
+
+    summary = build_dataset(
+        str(labels), str(output), recipe=[r.strip() for r in recipe.split(",") if r.strip()],
+        test_fraction=test_fraction, balance_train=balance, seed=seed,
+    )  # fmt: skip
+    typer.echo(json.dumps(summary["splits"], indent=2))

@@ -1,0 +1,157 @@
+"""Building a training set: augmentations against the reference texts, seeds, the v1.2
+recipe, per-image splits, balance, and exports that the evaluation reads back."""
+
+from __future__ import annotations
+
+import json
+import random
+from collections import Counter
+
+import pytest
+
+from llavaguard.dataset.build import (
+    AUGMENTATIONS,
+    LabelledImage,
+    augment,
+    balance,
+    build_dataset,
+    split,
+    to_llava,
+)
+from llavaguard.errors import ConfigError
+from llavaguard.policy import Policy
+
+O3 = "O3: Sexual Content"
+
+
+def images(n_unsafe: int = 6, n_safe: int = 10) -> list[LabelledImage]:
+    cats = ["O1: Hate, Humiliation, Harassment", O3, "O6: Weapons or Substance Abuse"]
+    unsafe = [LabelledImage(f"u{i}", f"u{i}.jpg", "Unsafe", cats[i % 3]) for i in range(n_unsafe)]
+    safe = [LabelledImage(f"s{i}", f"s{i}.jpg", "Safe", "NA: None applying")
+            for i in range(n_safe)]  # fmt: skip
+    return unsafe + safe
+
+
+def block(policy: Policy, code: str) -> str:
+    c = policy.taxonomy.category(code)
+    return f"{c.label}: \n{policy.guidelines(c)}\n"
+
+
+def test_exceptions_swap_in_exactly_the_reference_variants(reference):
+    taxonomy = json.loads((reference / "llavaguard-v1.2-taxonomy.json").read_text())
+    ref = {c["code"]: c for c in taxonomy["categories"]}
+    img = LabelledImage("x", "x.jpg", "Unsafe", O3)
+    by_aug = {a: AUGMENTATIONS[a](img, Policy.load(), random.Random(1)) for a in ("v2", "v4")}
+    allowed, rating = by_aug["v2"]
+    assert rating == "Safe" and allowed.allowed == ["O3"]
+    assert f"O3: Sexual Content: \n{ref['O3']['non_violating']}\n" in allowed.text
+    sensitive, rating = by_aug["v4"]
+    assert rating == "Unsafe" and sensitive.sensitive == ["O3"]
+    assert f"O3: Sexual Content: \n{ref['O3']['sensitive']}\n" in sensitive.text
+    for code in ("O1", "O9"):  # the other categories keep their default text
+        assert f"{block(Policy.load(), code)}" in allowed.text
+
+
+def test_v12_recipe_labels_and_suffixes():
+    samples = augment(images(), seed=3)
+    ids = [s.id for s in samples]
+    assert [i for i in ids if i.startswith("u0")] == [
+        "u0",
+        "u0_v3_a",
+        "u0_v3_b",
+        "u0_v3_c",
+        "u0_v2",
+    ]
+    assert [i for i in ids if i.startswith("s0")] == ["s0"]  # safe images: one sample
+    assert len(samples) == 6 * 5 + 10
+    for s in samples:
+        own = s.category.split(":")[0]
+        if s.augmentation == "v2":
+            assert s.rating == "Safe" and s.policy.allowed == [own]
+        elif s.augmentation == "v3":
+            assert s.rating == "Unsafe" and own not in s.policy.allowed
+            assert 1 <= len(s.policy.allowed) <= 3
+        else:
+            assert s.augmentation is None and s.policy.id == Policy.load().id
+
+
+def test_every_augmentation_and_its_label():
+    img = LabelledImage("x", "x.jpg", "Unsafe", O3)
+    samples = augment([img], recipe=["v1", "v2", "v2a", "v3", "v4", "v5"], seed=0)
+    by = {s.augmentation: s for s in samples}
+    assert by["v1"].rating == "Unsafe" and "O3" not in by["v1"].policy.allowed
+    assert by["v2a"].rating == "Safe" and "O3" in by["v2a"].policy.allowed
+    assert 1 <= len(by["v2a"].policy.allowed) <= 3
+    assert by["v4"].rating == "Unsafe" and by["v4"].policy.sensitive == ["O3"]
+    assert by["v5"].rating == "Unsafe" and "O3" not in by["v5"].policy.sensitive
+    assert 1 <= len(by["v5"].policy.sensitive) <= 3
+    with pytest.raises(ConfigError, match="unknown augmentation 'v9'"):
+        augment([img], recipe=["v9"])
+
+
+def test_same_seed_same_samples_other_seed_other_draws():
+    a = to_llava(augment(images(), seed=1))
+    assert a == to_llava(augment(images(), seed=1))
+    assert a != to_llava(augment(images(), seed=2))
+    # an image's draws do not depend on the other images
+    alone = [s.policy.id for s in augment(images()[:1], seed=1)]
+    assert alone == [s.policy.id for s in augment(images(), seed=1)][: len(alone)]
+
+
+def test_split_per_image_stratified_and_balance():
+    imgs = images(30, 50)
+    splits = split(imgs, 0.2, seed=0)
+    assert splits == split(imgs, 0.2, seed=0)
+    strata = Counter((i.category, i.rating, splits[i.id]) for i in imgs)
+    assert strata[(O3, "Unsafe", "test")] == 2 and strata[(O3, "Unsafe", "train")] == 8
+    assert strata[("NA: None applying", "Safe", "test")] == 10
+    samples = augment(imgs)
+    assert all(splits[s.image_id] == splits[s.id.split("_v")[0]] for s in samples)
+    train = [s for s in samples if splits[s.image_id] == "train"]
+    balanced = balance(train, seed=0)
+    counts = Counter(s.rating for s in balanced)
+    assert counts["Safe"] == counts["Unsafe"]
+    assert len({s.id for s in balanced}) == len(balanced)  # copies get their own ids
+
+
+def test_build_writes_formats_the_evaluation_reads(tmp_path):
+    from llavaguard.evaluate import load_labels
+
+    rows = [{"id": i.id, "image": i.image, "rating": i.rating,
+             "category": i.category.split(":")[0] if i.rating == "Unsafe" else "",
+             "rationale": f"because {i.id}"} for i in images(10, 10)]  # fmt: skip
+    labels = tmp_path / "labels.jsonl"
+    labels.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    summary = build_dataset(str(labels), str(tmp_path / "ds"), seed=0)
+    # strata O1 4, O3 3, O6 3 Unsafe and 10 Safe images: round(0.2 n) each = 1 + 1 + 1 + 2
+    assert summary["splits"]["test"]["images"] == 5 and summary["splits"]["train"]["images"] == 15
+    train = summary["splits"]["train"]
+    assert train["ratings"]["Safe"] == train["ratings"]["Unsafe"]
+    test = load_labels(tmp_path / "ds" / "test.llava.json")  # the policy read back from text
+    assert {s.augmentation for s in test} >= {None, "v2", "v3"}
+    for s in test:
+        if s.augmentation == "v2":
+            assert s.exception == "allowed" and s.rating == "Safe"
+    same = load_labels(tmp_path / "ds" / "test.labels.jsonl")
+    assert [(s.id, s.policy.id, s.rating) for s in same] == [
+        (s.id, s.policy.id, s.rating) for s in test
+    ]
+    trl = [json.loads(x) for x in (tmp_path / "ds" / "train.trl.jsonl").read_text().splitlines()]
+    answer = json.loads(trl[0]["completion"][0]["content"][0]["text"])
+    assert answer["rationale"].startswith("because ")
+    with pytest.raises(ConfigError, match=r"labels\.jsonl:1: rating must be"):
+        labels.write_text('{"image": "a.jpg", "rating": "maybe"}\n')
+        build_dataset(str(labels), str(tmp_path / "bad"))
+
+
+def test_an_exception_that_turns_the_label_gets_a_rationale_that_says_so(tmp_path):
+    img = LabelledImage("k", "k.jpg", "Unsafe", "O6: Weapons or Substance Abuse", "A knife.")
+    by = {s.augmentation: s for s in augment([img], recipe=["v2", "v3", "v4"])}
+    assert "declares category O6 non-violating" in by["v2"].rationale
+    assert by["v3"].rationale == by["v4"].rationale == "A knife."  # the label stands
+    labels = tmp_path / "sub" / "labels.jsonl"
+    labels.parent.mkdir()
+    labels.write_text('{"image": "img/k.jpg", "rating": "Unsafe", "category": "O6"}\n')
+    build_dataset(str(labels), str(tmp_path / "ds"), test_fraction=0.0)
+    row = json.loads((tmp_path / "ds" / "train.labels.jsonl").read_text().splitlines()[0])
+    assert row["image"] == str((tmp_path / "sub" / "img" / "k.jpg").resolve())  # absolute
