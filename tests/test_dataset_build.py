@@ -155,3 +155,46 @@ def test_an_exception_that_turns_the_label_gets_a_rationale_that_says_so(tmp_pat
     build_dataset(str(labels), str(tmp_path / "ds"), test_fraction=0.0)
     row = json.loads((tmp_path / "ds" / "train.labels.jsonl").read_text().splitlines()[0])
     assert row["image"] == str((tmp_path / "sub" / "img" / "k.jpg").resolve())  # absolute
+
+
+def test_import_maps_the_annotation_label_space(tmp_path):
+    import csv
+
+    from llavaguard.dataset.labels import import_labels
+
+    (tmp_path / "img").mkdir()
+    for name in "abcdef":
+        (tmp_path / "img" / f"{name}.jpg").write_bytes(b"x")
+    rows = [
+        ("a", "Highly Inappropriate", "Substance Abuse or Weapons"),
+        ("b", "Generally Acceptable", "Nature"),
+        ("c", "Discard Sample", "Nudity"),
+        ("d", "Moderately Inappropriate", "Respectful or Appropriate Content"),  # inconsistent
+        ("e", "Barely Acceptable", "Nudity"),  # safe, related category kept
+        ("f", "moderately  inappropriate", "Humiliation, Harassment or Hate"),
+    ]
+    with (tmp_path / "ann.csv").open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["image", "score", "category"])
+        w.writerows([(f"img/{n}.jpg", s, c) for n, s, c in rows])
+    summary = import_labels(str(tmp_path / "ann.csv"), str(tmp_path / "labels.jsonl"))
+    assert summary["kept"] == 4
+    assert summary["dropped"] == {"discard": 1, "unsafe without a category": 1}
+    out = [json.loads(x) for x in (tmp_path / "labels.jsonl").read_text().splitlines()]
+    assert [(r["rating"], r["category"]) for r in out] == [
+        ("Unsafe", "O6: Weapons or Substance Abuse"), ("Safe", "NA: None applying"),
+        ("Safe", "O4: Nudity Content"), ("Unsafe", "O1: Hate, Humiliation, Harassment"),
+    ]  # fmt: skip
+    build_dataset(str(tmp_path / "labels.jsonl"), str(tmp_path / "ds"), test_fraction=0.0)
+    with (tmp_path / "ann.csv").open("a", newline="") as f:
+        csv.writer(f).writerow(["img/a.jpg", "Generally Acceptable", "Cooking"])
+    with pytest.raises(ConfigError, match=r"ann\.csv:7: unknown category label 'Cooking'"):
+        import_labels(str(tmp_path / "ann.csv"), str(tmp_path / "x.jsonl"))
+    (tmp_path / "bad.csv").write_text("image,score,category\nimg/zz.jpg,Nature,Nature\n")
+    with pytest.raises(ConfigError, match=r"bad\.csv:1: image not found: img/zz\.jpg"):
+        import_labels(str(tmp_path / "bad.csv"), str(tmp_path / "x.jsonl"))
+    mapping = tmp_path / "map.yaml"
+    mapping.write_text("scores: {fine: Safe, bad: Unsafe}\ncategories: {knives: O6, '': NA}\n")
+    (tmp_path / "own.csv").write_text("image,score,category\nimg/a.jpg,bad,knives\n")
+    summary = import_labels(str(tmp_path / "own.csv"), str(tmp_path / "own.jsonl"), str(mapping))
+    assert summary["categories"] == {"O6: Weapons or Substance Abuse": 1}

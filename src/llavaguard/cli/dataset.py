@@ -40,3 +40,26 @@ def build(
         test_fraction=test_fraction, balance_train=balance, seed=seed,
     )  # fmt: skip
     typer.echo(json.dumps(summary["splits"], indent=2))
+
+
+@app.command("import", no_args_is_help=True)
+def import_(
+    annotations: Path = typer.Argument(
+        ..., help="CSV/JSONL/Parquet with image, score (or rating) and category (or label)."
+    ),
+    output: Path = typer.Option(..., "--output", "-o", help="Labelled-images JSONL to write."),
+    mapping: Path | None = typer.Option(
+        None,
+        "--mapping",
+        help="YAML with scores: and/or categories: mappings (default: the "
+        "LlavaGuard annotation label space).",
+    ),
+    check_images: bool = typer.Option(True, "--check-images/--no-check-images"),
+) -> None:
+    """Map human annotations (score words, label space) to ratings and policy categories;
+    discarded and inconsistent rows are dropped and counted."""
+    from llavaguard.dataset.labels import import_labels
+
+    summary = import_labels(str(annotations), str(output),
+                            str(mapping) if mapping else None, check_images)  # fmt: skip
+    typer.echo(json.dumps(summary, indent=2))

@@ -1,0 +1,124 @@
+"""Human annotations -> labelled images: the LlavaGuard annotation label space and score words
+(reference, section 5) mapped to policy ratings and categories, or a mapping of your own.
+
+Scores: "Highly/Moderately Inappropriate" are Unsafe, "Barely/Generally Acceptable" Safe,
+"Discard Sample" is dropped. Unsafe rows whose category maps to NA are inconsistent and dropped.
+Both are counted; an unknown score or label, or a missing image, stops the import with one line
+naming the file and row.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from llavaguard.errors import ConfigError
+
+SCORES = {
+    "highly inappropriate": "Unsafe",
+    "moderately inappropriate": "Unsafe",
+    "barely acceptable": "Safe",
+    "generally acceptable": "Safe",
+    "discard sample": "discard",
+}
+CATEGORIES = {
+    "humiliation, harassment or hate": "O1",
+    "violence, harm or cruelty": "O2",
+    "explicit sexual content": "O3",
+    "nudity": "O4",
+    "illegal activities": "O5",
+    "substance abuse or weapons": "O6",
+    "suicide or self harm": "O7",
+    "animal cruelty": "O8",
+    "disasters or emergencies": "O9",
+    "polite communication and gestures": "NA",
+    "nature": "NA",
+    "respectful or appropriate content": "NA",
+    "peace or care": "NA",
+    "": "NA",
+}
+
+
+def _norm(text: Any) -> str:
+    return " ".join(str(text or "").strip().lower().split())
+
+
+def load_mapping(path: str | None) -> tuple[dict[str, str], dict[str, str]]:
+    """The reference mapping, or a YAML file with ``scores: {word: Safe|Unsafe|discard}`` and
+    ``categories: {label: code or NA}`` that replaces the parts it gives."""
+    scores, categories = dict(SCORES), dict(CATEGORIES)
+    if path is None:
+        return scores, categories
+    try:
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError) as e:
+        raise ConfigError(f"{path}: cannot read the mapping ({e.__class__.__name__})") from e
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a mapping file holds 'scores' and/or 'categories'")
+    if "scores" in data:
+        scores = {_norm(k): str(v) for k, v in (data["scores"] or {}).items()}
+        bad = [v for v in scores.values() if v not in ("Safe", "Unsafe", "discard")]
+        if bad:
+            raise ConfigError(f"{path}: scores map to Safe, Unsafe or discard, not {bad[0]!r}")
+    if "categories" in data:
+        categories = {_norm(k): str(v) for k, v in (data["categories"] or {}).items()}
+    return scores, categories
+
+
+def import_labels(
+    path: str, output: str, mapping: str | None = None, check_images: bool = True
+) -> dict[str, Any]:
+    """Rows with ``image`` and ``score`` (or ``rating``) and ``category`` (or ``label``) ->
+    a labelled-images JSONL that ``dataset build`` reads; returns the counts."""
+    from llavaguard.evaluate.data import read_rows
+    from llavaguard.policy import Policy, canonical_category
+
+    scores, categories = load_mapping(mapping)
+    policy = Policy.load()
+    base = Path(path).parent
+    kept, dropped = [], Counter()
+    for i, row in enumerate(read_rows(path), 1):
+        where = f"{path}:{i}"
+        image = str(row.get("image") or "")
+        if not image:
+            raise ConfigError(f"{where}: no image")
+        full = image if os.path.isabs(image) else str((base / image).resolve())
+        if check_images and not os.path.isfile(full):
+            raise ConfigError(f"{where}: image not found: {image}")
+        word = _norm(row.get("score", row.get("rating")))
+        rating = scores.get(word) or {"safe": "Safe", "unsafe": "Unsafe"}.get(word)
+        if rating is None:
+            raise ConfigError(f"{where}: unknown score {row.get('score', row.get('rating'))!r}")
+        if rating == "discard":
+            dropped["discard"] += 1
+            continue
+        label = row.get("category", row.get("label"))
+        code = categories.get(_norm(label))
+        if code is None:
+            code = (canonical_category(str(label), policy) or "").split(":")[0] or None
+        if code is None:
+            raise ConfigError(f"{where}: unknown category label {label!r}")
+        category = (
+            policy.taxonomy.none_category if code == "NA" else policy.taxonomy.category(code).label
+        )
+        if rating == "Unsafe" and code == "NA":
+            dropped["unsafe without a category"] += 1
+            continue
+        kept.append({"id": str(row.get("id") or image), "image": full, "rating": rating,
+                     "category": category, "rationale": row.get("rationale") or "",
+                     "source_score": row.get("score"), "source_label": label})  # fmt: skip
+    out = Path(output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
+    return {
+        "rows": len(kept) + sum(dropped.values()),
+        "kept": len(kept),
+        "dropped": dict(dropped),
+        "ratings": dict(Counter(r["rating"] for r in kept)),
+        "categories": dict(Counter(r["category"] for r in kept)),
+    }
