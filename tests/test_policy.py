@@ -164,3 +164,9 @@ def test_cli_policy_list():
     assert out.returncode == 0
     assert "llavaguard-v1.2 (default)" in out.stdout
     assert "O9: Disasters or Emergencies" in out.stdout
+
+
+def test_code_of_a_label():
+    p = Policy.load()
+    assert p.code_of("O3: Sexual Content") == "O3"
+    assert p.code_of("NA: None applying") is None and p.code_of("K1: Scary") is None

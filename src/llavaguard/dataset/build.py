@@ -69,8 +69,7 @@ def _aug(name: str) -> Callable[[Augment], Augment]:
 
 
 def _own(img: LabelledImage, policy: Policy) -> str | None:
-    code = img.category.split(":", 1)[0].strip()
-    return code if code in {c.code for c in policy.categories} else None
+    return policy.code_of(img.category)
 
 
 def _others(img: LabelledImage, policy: Policy) -> list[str]:

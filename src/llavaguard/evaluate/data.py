@@ -57,8 +57,8 @@ class LabelledSample(BaseModel):
         (``_v2``/``_v2a`` allowed, ``_v4`` sensitive), as the original evaluation did, for
         labelled sets that carry the augmentation only in their ids.
         """
-        code = self.category.split(":", 1)[0].strip()
-        if code in {c.code for c in self.policy.categories}:
+        code = self.policy.code_of(self.category)
+        if code is not None:
             state = self.policy.state(code)
             if state is State.ALLOWED:
                 return "allowed"

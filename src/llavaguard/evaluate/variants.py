@@ -32,9 +32,7 @@ def _kind(name: str) -> Callable[[Variant], Variant]:
 
 
 def _own(s: LabelledSample) -> str | None:
-    """The sample's own category code, or None for the none category."""
-    code = s.category.split(":", 1)[0].strip()
-    return code if code in {c.code for c in s.policy.categories} else None
+    return s.policy.code_of(s.category)
 
 
 def _others(s: LabelledSample) -> list[str]:

@@ -139,6 +139,12 @@ class Policy(BaseModel):
     def name(self) -> str:
         return self.taxonomy.name
 
+    def code_of(self, label: str) -> str | None:
+        """The code of the category a label names ('O3: Sexual Content' -> 'O3'); None for
+        the none category or a label this policy does not have."""
+        code = label.split(":", 1)[0].strip()
+        return code if code in {c.code for c in self.taxonomy.categories} else None
+
     def state(self, code: str) -> State:
         return self.states.get(self.taxonomy.category(code).code, State.DEFAULT)
 
