@@ -178,6 +178,10 @@ def test_exif_orientation_applied(tmp_path):
     out = load_image(save(im, tmp_path / "rot.jpg", exif=exif, quality=95))
     assert (out.mode, out.size) == ("RGB", (20, 40))
     assert near(out.getpixel((10, 5)), RED, 30) and near(out.getpixel((10, 34)), BLUE, 30)
+    # a loaded image is final: loading it again (as the Guard does with the server's and the
+    # annotator's decoded images) must not rotate it a second time
+    again = load_image(out)
+    assert again.size == (20, 40) and again.tobytes() == out.tobytes()
 
 
 def test_corrupt_exif_means_upright(tmp_path):

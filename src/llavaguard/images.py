@@ -281,7 +281,11 @@ def _decode(source: Image.Image, limits: ImageLimits, label: str) -> Image.Image
     _check_size(im, limits, label)  # ICO, ICNS and friends only learn their size on load
     im = _apply_orientation(im)
     rgb = _to_rgb(im)
-    return rgb.copy() if rgb is source else rgb  # never the caller's object or a file-backed one
+    out = rgb.copy() if rgb is source else rgb  # never the caller's object or a file-backed one
+    # upright RGB pixels, nothing more: metadata kept from the file (its EXIF orientation
+    # above all) would make a second load_image of this result rotate it again
+    out.info = {}
+    return out
 
 
 _TRANSPOSE = {  # the table of ImageOps.exif_transpose
