@@ -123,19 +123,28 @@ def load_image(
         raise ImageError(f"{label}: {_reason(e, fmt)}") from e
 
 
+def _own_name(source: object) -> str | None:
+    """A path as given, or the file a PIL image was opened from; None for anything else.
+    Never raises."""
+    if isinstance(source, Image.Image):
+        return _filename(source) or None
+    if isinstance(source, str | os.PathLike):
+        try:
+            return os.fsdecode(source)
+        except Exception:
+            return None
+    return None
+
+
 def _label(source: object, name: str | None) -> str:
     if name is not None:
         return str(name)
     if isinstance(source, bytes | bytearray | memoryview):
         return "<bytes>"
-    if isinstance(source, Image.Image):
-        return _filename(source) or "<PIL image>"
-    if isinstance(source, str | os.PathLike):
-        try:
-            return os.fsdecode(source)
-        except Exception:
-            pass
-    return f"<{type(source).__name__}>"
+    own = _own_name(source)
+    if own is not None:
+        return own
+    return "<PIL image>" if isinstance(source, Image.Image) else f"<{type(source).__name__}>"
 
 
 def _filename(im: Image.Image) -> str:
@@ -404,11 +413,7 @@ def source_id(source: ImageSource, index: int) -> str:
     a PIL image was opened from). Never raises, so an odd input still gets its record."""
     if isinstance(source, bytes | bytearray | memoryview):
         return f"bytes-{index}"
-    if isinstance(source, Image.Image):
-        return _filename(source) or f"image-{index}"
-    if isinstance(source, str | os.PathLike):
-        try:
-            return os.fsdecode(source)
-        except Exception:
-            pass
-    return f"input-{index}"
+    own = _own_name(source)
+    if own is not None:
+        return own
+    return f"image-{index}" if isinstance(source, Image.Image) else f"input-{index}"
