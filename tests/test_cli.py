@@ -5,7 +5,7 @@ import sys
 
 from conftest import run_cli
 
-HEAVY = ("torch", "transformers", "torchvision", "PIL")
+HEAVY = ("torch", "transformers", "torchvision", "PIL", "datasets", "matplotlib")
 
 
 def test_help_and_policy_commands_do_not_import_heavy_libraries():
@@ -13,7 +13,7 @@ def test_help_and_policy_commands_do_not_import_heavy_libraries():
         "import sys\n"
         "from llavaguard.cli import main\n"
         "for args in (['--help'], ['assess', '--help'], ['policy', 'show'], ['policy', 'list'],"
-        " ['models'], ['testing', '--help']):\n"
+        " ['models'], ['testing', '--help'], ['dataset', 'build', '--help']):\n"
         "    main(args)\n"
         f"print(sorted(m for m in {HEAVY!r} if m in sys.modules))\n"
     )

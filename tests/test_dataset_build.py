@@ -22,6 +22,8 @@ from llavaguard.errors import ConfigError
 from llavaguard.policy import Policy
 
 O3 = "O3: Sexual Content"
+# these rows name images that do not exist; the hf export embeds images and has its own tests
+NO_HF = ("llava", "trl", "sharegpt", "labels")
 
 
 def images(n_unsafe: int = 6, n_safe: int = 10) -> list[LabelledImage]:
@@ -122,7 +124,7 @@ def test_build_writes_formats_the_evaluation_reads(tmp_path):
              "rationale": f"because {i.id}"} for i in images(10, 10)]  # fmt: skip
     labels = tmp_path / "labels.jsonl"
     labels.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    summary = build_dataset(str(labels), str(tmp_path / "ds"), seed=0)
+    summary = build_dataset(str(labels), str(tmp_path / "ds"), seed=0, formats=NO_HF)
     # strata O1 4, O3 3, O6 3 Unsafe and 10 Safe images: round(0.2 n) each = 1 + 1 + 1 + 2
     assert summary["splits"]["test"]["images"] == 5 and summary["splits"]["train"]["images"] == 15
     train = summary["splits"]["train"]
@@ -141,7 +143,7 @@ def test_build_writes_formats_the_evaluation_reads(tmp_path):
     assert answer["rationale"].startswith("because ")
     with pytest.raises(ConfigError, match=r"labels\.jsonl:1: rating must be"):
         labels.write_text('{"image": "a.jpg", "rating": "maybe"}\n')
-        build_dataset(str(labels), str(tmp_path / "bad"))
+        build_dataset(str(labels), str(tmp_path / "bad"), formats=NO_HF)
 
 
 def test_an_exception_that_turns_the_label_gets_a_rationale_that_says_so(tmp_path):
@@ -152,7 +154,7 @@ def test_an_exception_that_turns_the_label_gets_a_rationale_that_says_so(tmp_pat
     labels = tmp_path / "sub" / "labels.jsonl"
     labels.parent.mkdir()
     labels.write_text('{"image": "img/k.jpg", "rating": "Unsafe", "category": "O6"}\n')
-    build_dataset(str(labels), str(tmp_path / "ds"), test_fraction=0.0)
+    build_dataset(str(labels), str(tmp_path / "ds"), test_fraction=0.0, formats=NO_HF)
     row = json.loads((tmp_path / "ds" / "train.labels.jsonl").read_text().splitlines()[0])
     assert row["image"] == str((tmp_path / "sub" / "img" / "k.jpg").resolve())  # absolute
 
@@ -185,7 +187,8 @@ def test_import_maps_the_annotation_label_space(tmp_path):
         ("Unsafe", "O6: Weapons or Substance Abuse"), ("Safe", "NA: None applying"),
         ("Safe", "O4: Nudity Content"), ("Unsafe", "O1: Hate, Humiliation, Harassment"),
     ]  # fmt: skip
-    build_dataset(str(tmp_path / "labels.jsonl"), str(tmp_path / "ds"), test_fraction=0.0)
+    build_dataset(str(tmp_path / "labels.jsonl"), str(tmp_path / "ds"), test_fraction=0.0,
+                  formats=NO_HF)  # fmt: skip
     with (tmp_path / "ann.csv").open("a", newline="") as f:
         csv.writer(f).writerow(["img/a.jpg", "Generally Acceptable", "Cooking"])
     with pytest.raises(ConfigError, match=r"ann\.csv:7: unknown category label 'Cooking'"):

@@ -73,5 +73,8 @@ def test_dataset_example_runs_as_shown(tmp_path):
     summary = json.loads((tmp_path / "dataset" / "summary.json").read_text())
     assert summary["recipe"] == ["v3", "v3", "v3", "v2"]
     assert summary["splits"]["train"]["images"] + summary["splits"]["test"]["images"] == 5
+    for name in ("summary.md", "summary.png", "train.sharegpt.json", "dataset_info.json"):
+        assert (tmp_path / "dataset" / name).is_file(), name
+    assert f"num_rows: {summary['splits']['train']['samples']}" in res.stdout  # the hf folder
     imported = (tmp_path / "imported.jsonl").read_text().splitlines()
     assert len(imported) == 2 and '"kept": 2' in res.stdout  # the discarded row is counted

@@ -30,16 +30,28 @@ def build(
         True, "--balance/--no-balance", help="Oversample to balance ratings in train."
     ),
     seed: int = typer.Option(0, "--seed", help="Seed for augmentations, split and balance."),
+    formats: str = typer.Option(
+        "hf,llava,trl,sharegpt,labels",
+        "--formats",
+        help="Exports to write: hf (datasets folder with the images inside), llava, trl, "
+        "sharegpt (LLaMA-Factory), labels (always written: the evaluation reads them).",
+    ),
 ) -> None:
-    """Augment with policy exceptions, split per image, balance, and write train/test as LLaVA
-    JSON, TRL prompt/completion JSONL and evaluation labels, plus summary.json."""
+    """Augment with policy exceptions, split per image, balance, and write train/test as a
+    Hugging Face datasets folder, LLaVA JSON, TRL prompt/completion JSONL, LLaMA-Factory
+    sharegpt JSON and evaluation labels, plus summary.json, summary.md and summary.png."""
     from llavaguard.dataset.build import build_dataset
 
     summary = build_dataset(
         str(labels), str(output), recipe=[r.strip() for r in recipe.split(",") if r.strip()],
         test_fraction=test_fraction, balance_train=balance, seed=seed,
+        formats=[f.strip() for f in formats.split(",") if f.strip()],
     )  # fmt: skip
-    typer.echo(json.dumps(summary["splits"], indent=2))
+    short = {
+        name: {k: v for k, v in counts.items() if not k.startswith("by_")}
+        for name, counts in summary["splits"].items()
+    }  # the cross-tabs are in summary.md
+    typer.echo(json.dumps(short, indent=2))
 
 
 @app.command("import", no_args_is_help=True)

@@ -11,6 +11,11 @@ Augmentations (c = the image's own category; applied to Unsafe images only):
   v5  1-3 random others sensitive                         unchanged
 Sample ids carry the augmentation as a suffix (``_v2``, ``_v3_a``, ...), which the evaluation
 reads back. Everything is seeded: the same inputs and seed give the same samples.
+
+Exports are a registry (``FORMATS``): a Hugging Face datasets folder with the images inside
+(``dataset.hf``), LLaVA conversation JSON, TRL prompt/completion JSONL, LLaMA-Factory sharegpt
+JSON with its ``dataset_info.json``, and the labels the evaluation reads; ``dataset.summary``
+renders the counts for people.
 """
 
 from __future__ import annotations
@@ -21,7 +26,15 @@ import string
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
+from llavaguard.dataset.exports import FORMATS, check_formats
+
+# the row converters, importable from here as before they had a module of their own
+from llavaguard.dataset.exports import to_labels as to_labels
+from llavaguard.dataset.exports import to_llava as to_llava
+from llavaguard.dataset.exports import to_sharegpt as to_sharegpt
+from llavaguard.dataset.exports import to_trl as to_trl
 from llavaguard.errors import ConfigError
 from llavaguard.policy import Policy
 
@@ -218,67 +231,10 @@ def balance(samples: Sequence[Sample], seed: int = 0) -> list[Sample]:
     return list(samples) + extra
 
 
-# ---- exports ------------------------------------------------------------------------------
-
-
-def to_llava(samples: Sequence[Sample]) -> list[dict]:
-    """The original LLaVA conversation format: the image first, then the policy."""
-    return [
-        {
-            "id": s.id,
-            "image": s.image,
-            "conversations": [
-                {"from": "human", "value": "<image>\n" + s.policy.text},
-                {"from": "gpt", "value": s.answer()},
-            ],
-        }
-        for s in samples
-    ]
-
-
-def to_labels(samples: Sequence[Sample]) -> list[dict]:
-    """Rows ``llavaguard evaluate`` reads: policy by name and codes."""
-    return [
-        {
-            "id": s.id,
-            "image": s.image,
-            "rating": s.rating,
-            "category": s.category,
-            "policy": s.policy.name,
-            "allow": s.policy.allowed,
-            "sensitive": s.policy.sensitive,
-            "augmentation": s.augmentation,
-        }
-        for s in samples
-    ]
-
-
-def to_trl(samples: Sequence[Sample]) -> list[dict]:
-    """TRL's conversational prompt/completion rows with the image path beside them."""
-    return [
-        {
-            "id": s.id,
-            "images": [s.image],
-            "prompt": [
-                {
-                    "role": "user",
-                    "content": [{"type": "image"}, {"type": "text", "text": s.policy.text}],
-                }
-            ],
-            "completion": [
-                {"role": "assistant", "content": [{"type": "text", "text": s.answer()}]}
-            ],
-        }
-        for s in samples
-    ]
-
-
 def read_labelled(path: str) -> list[LabelledImage]:
     """Labelled images from JSONL, JSON, CSV or Parquet: id (default: image), image, rating,
     category (label, code or old spelling; empty for Safe means the none category),
     optional rationale. Errors name the file and row."""
-    from pathlib import Path
-
     from llavaguard.evaluate.data import read_rows
     from llavaguard.policy import canonical_category
 
@@ -316,13 +272,18 @@ def build_dataset(
     test_fraction: float = 0.2,
     balance_train: bool = True,
     seed: int = 0,
+    formats: Sequence[str] = tuple(FORMATS),
 ) -> dict:
-    """Augment, split per image, balance the training split, and write ``train`` and
-    ``test`` in three formats (LLaVA JSON, TRL JSONL, evaluation labels JSONL) plus a summary.
+    """Augment, split per image, balance the training split, and write ``train`` and ``test``
+    in ``formats`` (HF datasets folder, LLaVA JSON, TRL JSONL, LLaMA-Factory sharegpt; the
+    evaluation labels always) plus summary.json, summary.md and summary.png.
     Returns the summary."""
     from collections import Counter
-    from pathlib import Path
 
+    from llavaguard import __version__
+    from llavaguard.dataset.summary import plot_summary, render_markdown
+
+    formats = check_formats(formats)
     images = read_labelled(labels)
     splits = split(images, test_fraction, seed)
     samples = augment(images, recipe, seed=seed)
@@ -331,6 +292,8 @@ def build_dataset(
         parts["train"] = balance(parts["train"], seed)
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
+    for fmt in formats:
+        FORMATS[fmt](out, parts)
     summary: dict = {
         "labels": labels,
         "recipe": list(recipe),
@@ -338,18 +301,26 @@ def build_dataset(
         "test_fraction": test_fraction,
         "balanced": balance_train,
         "splits": {},
+        "formats": formats,
+        "policy": Policy.load().name,
+        "llavaguard_version": __version__,
     }
     for name, part in parts.items():
-        (out / f"{name}.llava.json").write_text(json.dumps(to_llava(part), indent=1) + "\n")
-        for fmt, rows in (("trl", to_trl(part)), ("labels", to_labels(part))):
-            with (out / f"{name}.{fmt}.jsonl").open("w", encoding="utf-8") as f:
-                f.writelines(json.dumps(r) + "\n" for r in rows)
+        by_category: dict[str, Counter] = defaultdict(Counter)
+        by_augmentation: dict[str, Counter] = defaultdict(Counter)
+        for s in part:
+            by_category[s.category][s.rating] += 1
+            by_augmentation[s.augmentation or "default"][s.rating] += 1
         summary["splits"][name] = {
             "samples": len(part),
             "images": len({s.image_id for s in part}),
             "ratings": dict(Counter(s.rating for s in part)),
             "categories": dict(Counter(s.category for s in part)),
             "augmentations": dict(Counter(s.augmentation or "default" for s in part)),
+            "by_category": {k: dict(v) for k, v in by_category.items()},
+            "by_augmentation": {k: dict(v) for k, v in by_augmentation.items()},
         }
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (out / "summary.md").write_text(render_markdown(summary), encoding="utf-8")
+    plot_summary(summary, out / "summary.png")
     return summary

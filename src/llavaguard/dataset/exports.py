@@ -1,0 +1,148 @@
+"""The formats a built training set is written in, as a registry (``FORMATS``): name ->
+writer(output folder, {"train": samples, "test": samples}). Row converters are pure
+(``to_llava``, ``to_trl``, ``to_sharegpt``, ``to_labels``); the Hugging Face folder, which
+embeds the images, lives in ``dataset.hf``. Nothing here augments, splits or counts.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from llavaguard.errors import ConfigError
+
+if TYPE_CHECKING:
+    from llavaguard.dataset.build import Sample
+
+
+def to_llava(samples: Sequence[Sample]) -> list[dict]:
+    """The original LLaVA conversation format: the image first, then the policy."""
+    return [
+        {
+            "id": s.id,
+            "image": s.image,
+            "conversations": [
+                {"from": "human", "value": "<image>\n" + s.policy.text},
+                {"from": "gpt", "value": s.answer()},
+            ],
+        }
+        for s in samples
+    ]
+
+
+def to_labels(samples: Sequence[Sample]) -> list[dict]:
+    """Rows ``llavaguard evaluate`` reads: policy by name and codes."""
+    return [
+        {
+            "id": s.id,
+            "image": s.image,
+            "rating": s.rating,
+            "category": s.category,
+            "policy": s.policy.name,
+            "allow": s.policy.allowed,
+            "sensitive": s.policy.sensitive,
+            "augmentation": s.augmentation,
+        }
+        for s in samples
+    ]
+
+
+def to_trl(samples: Sequence[Sample]) -> list[dict]:
+    """TRL's conversational prompt/completion rows with the image path beside them."""
+    return [
+        {
+            "id": s.id,
+            "images": [s.image],
+            "prompt": [
+                {
+                    "role": "user",
+                    "content": [{"type": "image"}, {"type": "text", "text": s.policy.text}],
+                }
+            ],
+            "completion": [
+                {"role": "assistant", "content": [{"type": "text", "text": s.answer()}]}
+            ],
+        }
+        for s in samples
+    ]
+
+
+def to_sharegpt(samples: Sequence[Sample]) -> list[dict]:
+    """LLaMA-Factory's multimodal sharegpt rows (its ``mllm_demo`` layout): one ``<image>`` in
+    the user turn, written as in the LLaVA export, and the image path in ``images``; ``id`` is
+    extra (LLaMA-Factory drops columns it is not told about)."""
+    return [
+        {
+            "id": s.id,
+            "messages": [
+                {"role": "user", "content": "<image>\n" + s.policy.text},
+                {"role": "assistant", "content": s.answer()},
+            ],
+            "images": [s.image],
+        }
+        for s in samples
+    ]
+
+
+def sharegpt_info(prefix: str = "llavaguard") -> dict:
+    """``dataset_info.json`` entries that tell LLaMA-Factory how to read the sharegpt files."""
+    tags = {"role_tag": "role", "content_tag": "content", "user_tag": "user",
+            "assistant_tag": "assistant"}  # fmt: skip
+    return {
+        f"{prefix}_{name}": {
+            "file_name": f"{name}.sharegpt.json",
+            "formatting": "sharegpt",
+            "columns": {"messages": "messages", "images": "images"},
+            "tags": tags,
+        }
+        for name in ("train", "test")
+    }
+
+
+Parts = dict[str, list["Sample"]]  # split name -> samples
+
+
+def _write_json(out: Path, parts: Parts, fmt: str, convert: Callable[..., list[dict]]) -> None:
+    for name, part in parts.items():
+        (out / f"{name}.{fmt}.json").write_text(json.dumps(convert(part), indent=1) + "\n")
+
+
+def _write_jsonl(out: Path, parts: Parts, fmt: str, convert: Callable[..., list[dict]]) -> None:
+    for name, part in parts.items():
+        with (out / f"{name}.{fmt}.jsonl").open("w", encoding="utf-8") as f:
+            f.writelines(json.dumps(r) + "\n" for r in convert(part))
+
+
+def _write_sharegpt(out: Path, parts: Parts) -> None:
+    _write_json(out, parts, "sharegpt", to_sharegpt)
+    info_path = out / "dataset_info.json"  # merged, so a LLaMA-Factory data folder keeps its own
+    info = json.loads(info_path.read_text()) if info_path.is_file() else {}
+    info_path.write_text(json.dumps({**info, **sharegpt_info()}, indent=2) + "\n")
+
+
+def _write_hf(out: Path, parts: Parts) -> None:
+    from llavaguard import __version__
+    from llavaguard.dataset.hf import write_hf
+
+    write_hf(parts, out / "hf", f"LlavaGuard training set built by llavaguard {__version__}")
+
+
+# name -> writer(output folder, {"train": samples, "test": samples}); hf first: it is the one
+# that reads every image, so a missing or broken image stops the build before the rest.
+FORMATS: dict[str, Callable[[Path, Parts], None]] = {
+    "hf": _write_hf,
+    "llava": lambda out, parts: _write_json(out, parts, "llava", to_llava),
+    "trl": lambda out, parts: _write_jsonl(out, parts, "trl", to_trl),
+    "sharegpt": _write_sharegpt,
+    "labels": lambda out, parts: _write_jsonl(out, parts, "labels", to_labels),
+}
+
+
+def check_formats(formats: Sequence[str]) -> list[str]:
+    """The formats to write, in FORMATS order; ``labels`` always (the evaluation reads it)."""
+    unknown = [f for f in formats if f not in FORMATS]
+    if unknown:
+        raise ConfigError(f"unknown format {unknown[0]!r} (valid: {', '.join(FORMATS)})")
+    return [f for f in FORMATS if f in formats or f == "labels"]
