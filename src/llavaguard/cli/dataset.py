@@ -7,6 +7,18 @@ from pathlib import Path
 
 import typer
 
+from llavaguard.cli.common import (
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_SOME_FAILED,
+    api_key_option,
+    base_url_option,
+    engine_option,
+    err_console,
+    policy_option,
+    progress_bar,
+)
+
 app = typer.Typer(help="Build policy-following training sets from labelled images.",
                   no_args_is_help=True)  # fmt: skip
 
@@ -75,3 +87,98 @@ def import_(
     summary = import_labels(str(annotations), str(output),
                             str(mapping) if mapping else None, check_images)  # fmt: skip
     typer.echo(json.dumps(summary, indent=2))
+
+
+@app.command("rationales", no_args_is_help=True)
+def rationales(
+    labels: Path = typer.Argument(
+        ..., help="Labelled images, as for build: image, rating, category, optional id."
+    ),
+    output: Path = typer.Option(
+        ...,
+        "--output",
+        "-o",
+        help="JSONL to write (resumed when it exists): the rows plus "
+        "rationale, status and provenance.",
+    ),
+    model: str = typer.Option(..., "--model", "-m", help="Teacher: hub id, folder or served name."),
+    engine: str = engine_option(),
+    base_url: str | None = base_url_option(),
+    api_key: str | None = api_key_option(),
+    policy: str | None = policy_option(),
+    batch_size: int = typer.Option(8, "--batch-size", "-b", min=1, help="Images per engine call."),
+    attempts: int = typer.Option(3, "--attempts", min=1, help="Tries per image before rejecting."),
+    max_new_tokens: int = typer.Option(300, "--max-new-tokens", min=1, help="Generation limit."),
+    temperature: float = typer.Option(0.0, "--temperature", min=0.0, help="First try; 0 = greedy."),
+    retry_temperature: float = typer.Option(
+        0.7, "--retry-temperature", help="Retries sample at this, retry n with seed + n."
+    ),
+    seed: int = typer.Option(0, "--seed", help="Seed of the first try."),
+    filters: str = typer.Option(
+        "repeats,length,unfinished,contradiction",
+        "--filters",
+        help="Filters a rationale must pass (comma-separated; empty for none).",
+    ),
+    min_chars: int = typer.Option(40, "--min-chars", min=0, help="Shorter is rejected."),
+    max_chars: int = typer.Option(1200, "--max-chars", min=1, help="Longer is rejected."),
+    drop_rejected: bool = typer.Option(
+        True,
+        "--drop-rejected/--keep-rejected",
+        help="Rejected rows go to <stem>.rejected.jsonl, or stay in the output without a "
+        "rationale.",
+    ),
+    retry_errors: bool = typer.Option(
+        False, "--retry-errors", help="Redo rows that failed in an earlier run."
+    ),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Start the output over."),
+    limit: int | None = typer.Option(None, "--limit", min=1, help="Stop after N new rows."),
+    image_max_pixels: int | None = typer.Option(
+        None, "--image-max-pixels", help="Downscale images to at most this many pixels."
+    ),
+    device: str | None = typer.Option(None, "--device", help="cuda, mps, cpu (default: best)."),
+    dtype: str | None = typer.Option(None, "--dtype", help="float32, bfloat16, float16."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> None:
+    """Ask a teacher VLM to justify each image's true rating and category; filter what it
+    writes; retry with sampling; append rows as they finish (rerun to resume).
+
+    Exit status: 0 when every row got an answer (accepted or rejected), 1 when some failed
+    (their rows in the .rejected file say why), 2 for set-up errors, 130 when interrupted.
+    """
+    from contextlib import nullcontext
+
+    from llavaguard.dataset.rationales import RationaleConfig, generate_rationales
+    from llavaguard.engines import Engine, load_engine
+    from llavaguard.errors import ConfigError
+    from llavaguard.policy import Policy
+
+    cfg = RationaleConfig(
+        batch_size=batch_size, attempts=attempts, max_new_tokens=max_new_tokens,
+        temperature=temperature, retry_temperature=retry_temperature, seed=seed,
+        filters=[f.strip() for f in filters.split(",") if f.strip()], min_chars=min_chars,
+        max_chars=max_chars, drop_rejected=drop_rejected, retry_errors=retry_errors,
+        overwrite=overwrite, limit=limit, image_max_pixels=image_max_pixels,
+    )  # fmt: skip
+    active = Policy.load(policy)  # fail fast, before loading the teacher
+    options: dict = {"device": device, "dtype": dtype}
+    if engine == "openai":
+        options.update(base_url=base_url, api_key=api_key, concurrency=batch_size)
+    elif base_url or api_key:
+        raise ConfigError("--base-url and --api-key go with --engine openai")
+
+    def load() -> Engine:  # only when there is work: a finished output loads no teacher
+        with err_console.status(f"loading {model}", spinner="dots") if not quiet else nullcontext():
+            return load_engine(engine, model, **options)
+
+    progress, on_start, on_batch = progress_bar(quiet, "rationales")
+    try:
+        summary = generate_rationales(labels, output, load, policy=active, config=cfg,
+                                      on_start=on_start, on_batch=on_batch)  # fmt: skip
+    except KeyboardInterrupt:
+        progress.stop()
+        err_console.print(f"interrupted; rerun the same command to resume ({output})")
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+    finally:
+        progress.stop()
+    typer.echo(json.dumps(summary, indent=2))
+    raise typer.Exit(EXIT_SOME_FAILED if summary["errors"] else EXIT_OK)

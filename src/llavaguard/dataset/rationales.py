@@ -1,0 +1,479 @@
+"""Teacher rationales for labelled images (reference, section 5): a larger VLM, through any
+engine, is told the true rating and category and asked to justify them; filters drop what
+repeats itself, is too short or long, stops mid-sentence or argues against the label.
+
+The output is the input's rows (image paths made absolute) plus ``rationale``, ``status``
+(ok, rejected or error) and provenance: teacher model and engine, prompt id, policy id,
+generation config, attempts, time, and the reason for a rejection or error. ``dataset
+build`` reads it as it is. Rows are appended as they finish, so a crash or Ctrl-C loses
+nothing finished; a rerun skips the ids already written.
+
+Files: ``<output>`` holds the rows with a rationale (and, with ``drop_rejected=False``, the
+rejected ones without); ``<stem>.rejected.jsonl`` beside it holds the rest, errors always.
+
+What this module does not know: how a model is run (the engine) or what the labels mean
+beyond Safe/Unsafe and a category label (the policy and ``dataset.build``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from llavaguard.dataset.build import LabelledImage, read_labelled
+from llavaguard.engines import Engine, GenerationConfig, VisionRequest, generate_isolated
+from llavaguard.errors import ConfigError, ImageError
+from llavaguard.policy import Policy, canonical_category
+
+# ---- the teacher prompt: the only place it is written ----------------------------------------
+
+TEACHER_PROMPT = (
+    "{policy}\n\n"
+    "A human expert has already assessed this image against the policy above, and their "
+    "assessment is final:\n"
+    "rating: {rating}\n"
+    "category: {category}\n"
+    "Justify this assessment. In 2 to 4 sentences, describe what the image shows and explain "
+    "why it is {rating} under the policy, {why}. Do not question or change the rating or the "
+    "category. Answer with the JSON template above, using exactly this rating and category."
+)
+WHY = {
+    "Unsafe": "referring to category {category} and the guidelines it violates",
+    "Safe": "referring to category {category} and why the image does not violate its guidelines",
+    "Safe-none": "as none of the policy categories applies",
+}
+PROMPT_ID = hashlib.sha256(json.dumps([TEACHER_PROMPT, WHY]).encode()).hexdigest()[:16]
+
+
+def teacher_prompt(policy: Policy, rating: str, category: str) -> str:
+    """The teacher's instruction for one labelled image: policy, true label, what to write."""
+    label = canonical_category(category, policy)
+    if label is None:
+        raise ConfigError(f"category {category!r} is not in policy {policy.name}")
+    none = label == policy.taxonomy.none_category
+    why = WHY["Safe-none" if rating == "Safe" and none else rating].format(category=label)
+    return TEACHER_PROMPT.format(policy=policy.text, rating=rating, category=label, why=why)
+
+
+def parse_teacher(text: str) -> tuple[str, str | None]:
+    """(rationale, the rating the teacher itself gave or None), from JSON with a rationale
+    field or from plain text; fences, quotes and a leading "Rationale:" are dropped."""
+    obj = _json_object(text)
+    if obj is not None:
+        fields = {str(k).strip().lower(): v for k, v in obj.items()}
+        rating = str(fields.get("rating") or "").strip().strip(".").capitalize() or None
+        if isinstance(fields.get("rationale"), str):
+            return " ".join(fields["rationale"].split()), rating
+        if rating is not None or "category" in fields:  # an answer without its rationale
+            return "", rating
+    plain = re.sub(r"```[a-zA-Z]*", "", text).strip()
+    plain = re.sub(r"^(?:rationale|justification|answer)\s*[:\-]\s*", "", plain, flags=re.I)
+    return " ".join(plain.strip().strip("\"'").split()), None
+
+
+def _json_object(text: str) -> dict[str, Any] | None:
+    start, end = text.find("{"), text.rfind("}")
+    if start < 0:
+        return None
+    try:
+        obj = json.loads(text[start : end + 1])
+    except ValueError:
+        try:
+            import json_repair
+
+            obj = json_repair.loads(text[start:])
+        except Exception:  # a repair failure means: not JSON, read it as text
+            return None
+    return obj if isinstance(obj, dict) else None
+
+
+# ---- filters: each says why it rejects a rationale, or None --------------------------------
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A teacher's rationale next to the label it was asked to justify."""
+
+    text: str
+    rating: str
+    category: str
+    teacher_rating: str | None = None
+
+
+Filter = Callable[[Candidate, "RationaleConfig"], str | None]
+FILTERS: dict[str, Filter] = {}
+
+
+def _filter(name: str) -> Callable[[Filter], Filter]:
+    def register(fn: Filter) -> Filter:
+        FILTERS[name] = fn
+        return fn
+
+    return register
+
+
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+
+
+def sentences(text: str) -> list[str]:
+    return [s for s in _SENTENCE_END.split(text.strip()) if s]
+
+
+def _norm(text: str) -> str:
+    return " ".join(re.sub(r"[^0-9a-z]+", " ", text.lower()).split())
+
+
+@_filter("repeats")
+def repeats(c: Candidate, cfg: RationaleConfig) -> str | None:
+    """A sentence said twice: the degenerate loop the reference dropped rationales for."""
+    seen: set[str] = set()
+    for s in sentences(c.text):
+        key = _norm(s)
+        if key in seen:
+            return f"repeats the sentence {s[:60]!r}"
+        if key:
+            seen.add(key)
+    return None
+
+
+@_filter("length")
+def length(c: Candidate, cfg: RationaleConfig) -> str | None:
+    if len(c.text) < cfg.min_chars:
+        return f"{len(c.text)} characters, fewer than {cfg.min_chars}"
+    if len(c.text) > cfg.max_chars:
+        return f"{len(c.text)} characters, more than {cfg.max_chars}"
+    return None
+
+
+@_filter("unfinished")
+def unfinished(c: Candidate, cfg: RationaleConfig) -> str | None:
+    """Cut off by the token limit: the text stops mid-sentence."""
+    if c.text and not c.text.rstrip("\"')]").endswith((".", "!", "?")):
+        return "ends mid-sentence"
+    return None
+
+
+# Claims a clause can make about the image. A plain claim is cancelled by a negation or a
+# hedge before it in its clause ("does not show anything unsafe", "might look unsafe"); a
+# negated one ("does not violate") is the claim. Concessive clauses ("while nudity is
+# acceptable in art, ...") argue the other side on purpose and are skipped.
+_SAYS_UNSAFE = (re.compile(r"\b(?:unsafe|violat(?:es?|ed|ing|ions?)|breach(?:es|ed|ing)?)\b"),
+                None)  # fmt: skip
+_SAYS_SAFE = (
+    re.compile(
+        r"\b(?:is|are|be|being|remains?|seems?|appears?|considered|deemed|rated)\s+(?:\w+\s+)?"
+        r"(?:safe|allowed|permitted|acceptable|permissible|compliant)\b|\bcompl(?:y|ies) with\b"
+    ),
+    re.compile(r"(?:\b(?:not|never|no)|n't)\s+(?:\w+\s+)?(?:violat\w*|breach\w*|unsafe)\b"),
+)
+_CANCEL = re.compile(
+    r"\b(?:not|no|never|nothing|none|without|nor|neither|free of|would|could|might)\b|n't\b"
+)
+_CLAUSE = re.compile(r"[,;:]|\b(?:but|however|yet|whereas)\b")
+_CONCESSIVE = ("while", "although", "though", "even though", "even if", "if", "unless")
+
+
+def _claims(text: str, claim: tuple[re.Pattern[str], re.Pattern[str] | None]) -> str | None:
+    """The first clause of ``text`` that makes the claim, or None."""
+    plain, negated = claim
+    for clause in _CLAUSE.split(text.lower()):
+        clause = clause.strip()
+        if not clause or clause.startswith(_CONCESSIVE):
+            continue
+        if negated is not None and negated.search(clause):
+            return clause
+        if any(not _CANCEL.search(clause[: m.end()]) for m in plain.finditer(clause)):
+            return clause
+    return None
+
+
+@_filter("contradiction")
+def contradiction(c: Candidate, cfg: RationaleConfig) -> str | None:
+    """A rationale that argues for the other rating: it would teach the opposite label."""
+    if c.teacher_rating is not None and c.teacher_rating != c.rating:
+        return f"the teacher rated it {c.teacher_rating}"
+    clause = _claims(c.text, _SAYS_SAFE if c.rating == "Unsafe" else _SAYS_UNSAFE)
+    if clause is not None:
+        return f"says {'safe' if c.rating == 'Unsafe' else 'unsafe'}: {clause[:60]!r}"
+    return None
+
+
+def check(c: Candidate, cfg: RationaleConfig) -> str | None:
+    """The first configured filter's reason to reject, as ``name: reason``; None keeps it."""
+    for name in cfg.filters:
+        reason = FILTERS[name](c, cfg)
+        if reason is not None:
+            return f"{name}: {reason}"
+    return None
+
+
+# ---- the run ---------------------------------------------------------------------------------
+
+
+class RationaleConfig(BaseModel):
+    """How to ask the teacher and what to keep; the same fields are the CLI's options."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    batch_size: int = Field(8, ge=1, description="Images per engine call.")
+    attempts: int = Field(3, ge=1, description="Tries per image before it is rejected.")
+    max_new_tokens: int = Field(300, ge=1, description="Room for 2-4 sentences of JSON.")
+    temperature: float = Field(0.0, ge=0.0, description="First attempt; 0 is greedy.")
+    retry_temperature: float = Field(0.7, gt=0.0, description="Retries sample at this.")
+    seed: int = Field(0, description="Seed of the first attempt; retry n uses seed + n.")
+    filters: list[str] = Field(default_factory=lambda: list(FILTERS), description="Names.")
+    min_chars: int = Field(40, ge=0, description="Shorter rationales are rejected.")
+    max_chars: int = Field(1200, ge=1, description="Longer rationales are rejected.")
+    drop_rejected: bool = Field(True, description="Rejected rows go to the .rejected file.")
+    retry_errors: bool = Field(False, description="Redo rows that failed in an earlier run.")
+    overwrite: bool = Field(False, description="Start the output over.")
+    limit: int | None = Field(None, ge=1, description="Stop after this many new rows.")
+    image_max_pixels: int | None = Field(None, ge=784, description="Downscale larger images.")
+
+    @field_validator("filters")
+    @classmethod
+    def _known_filters(cls, names: list[str]) -> list[str]:
+        unknown = [n for n in names if n not in FILTERS]
+        if unknown:
+            raise ConfigError(f"unknown filter {unknown[0]!r} (valid: {', '.join(FILTERS)})")
+        return names
+
+    @model_validator(mode="after")
+    def _lengths(self) -> RationaleConfig:
+        if self.min_chars >= self.max_chars:
+            raise ConfigError(f"min chars ({self.min_chars}) must be below max chars "
+                              f"({self.max_chars})")  # fmt: skip
+        return self
+
+    def generation(self, attempt: int) -> GenerationConfig:
+        """Greedy (or as configured) first; retries sample with a new seed each."""
+        temperature = self.temperature if attempt == 1 else self.retry_temperature
+        return GenerationConfig(max_new_tokens=self.max_new_tokens, temperature=temperature,
+                                seed=self.seed + attempt - 1)  # fmt: skip
+
+
+def rejected_path(output: str | Path) -> Path:
+    """``rationales.jsonl`` -> ``rationales.rejected.jsonl``, beside it."""
+    out = Path(output)
+    return out.with_name(out.stem + ".rejected" + (out.suffix or ".jsonl"))
+
+
+def _read_done(path: Path) -> tuple[list[dict[str, Any]], bool]:
+    """The rows of an output file, and whether a line was cut off (by a crash mid-write)."""
+    if not path.exists():
+        return [], False
+    rows, cut = [], False
+    for line in path.read_text(encoding="utf-8").splitlines(keepends=True):
+        try:
+            row = json.loads(line) if line.endswith("\n") else None
+        except ValueError:
+            row = None
+        if isinstance(row, dict) and "id" in row:
+            rows.append(row)
+        elif line.strip():
+            cut = True
+    return rows, cut
+
+
+def _resume(path: Path, prompt: dict[str, str], retry_errors: bool) -> set[str]:
+    """Ids finished in an earlier run. A cut-off line, and error rows that are to be redone,
+    leave the file (rewritten atomically); rows made under another prompt or policy are
+    refused, not mixed (another teacher is fine: every row names its own)."""
+    rows, cut = _read_done(path)
+    for row in rows:
+        for key in ("prompt_id", "policy_id"):
+            if row.get(key) not in (None, prompt[key]):
+                raise ConfigError(
+                    f"{path} holds rationales with {key} {row[key]!r}, not {prompt[key]!r}; "
+                    "use another output or --overwrite to start over"
+                )
+    keep = [r for r in rows if not (retry_errors and r.get("status") == "error")]
+    if cut or len(keep) < len(rows):
+        tmp = path.with_name("." + path.name + ".tmp")
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in keep), encoding="utf-8")
+        os.replace(tmp, path)
+    return {str(r["id"]) for r in keep}
+
+
+class _Writer:
+    """Appends finished rows to the output or the rejected file, flushed one by one."""
+
+    def __init__(self, output: Path, rejected: Path, drop_rejected: bool) -> None:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        self.files = {"out": output.open("a", encoding="utf-8"),
+                      "rejected": rejected.open("a", encoding="utf-8")}  # fmt: skip
+        self.drop_rejected = drop_rejected
+
+    def write(self, row: dict[str, Any]) -> None:
+        status = row["status"]
+        side = status == "error" or (status == "rejected" and self.drop_rejected)
+        f = self.files["rejected" if side else "out"]
+        f.write(json.dumps(row) + "\n")
+        f.flush()
+
+    def sync(self) -> None:
+        for f in self.files.values():
+            os.fsync(f.fileno())
+
+    def close(self) -> None:
+        for f in self.files.values():
+            f.close()
+
+
+def generate_rationales(
+    labels: str | Path,
+    output: str | Path,
+    engine: Engine | Callable[[], Engine],
+    *,
+    policy: Policy | str | Path | None = None,
+    config: RationaleConfig | None = None,
+    on_start: Callable[[int], None] | None = None,
+    on_batch: Callable[[int], None] | None = None,
+) -> dict[str, Any]:
+    """Ask ``engine`` to justify each labelled image's rating and category; write each row as
+    it finishes; skip ids already written. Returns counts and provenance.
+
+    ``engine`` may be a function that loads one: it is called only when there is work (a rerun
+    with nothing left does not load a large teacher), and the engine it gives is closed here.
+    """
+    from llavaguard import __version__
+    from llavaguard.evaluate.data import read_rows
+
+    cfg = config or RationaleConfig()
+    active = Policy.load(policy)
+    images = read_labelled(str(labels))
+    raw = {str(r.get("id") or r.get("image")): r for r in read_rows(labels)}
+    out, side = Path(output), rejected_path(output)
+    if cfg.overwrite:
+        out.unlink(missing_ok=True)
+        side.unlink(missing_ok=True)
+    prompt = {"prompt_id": PROMPT_ID, "policy_id": active.id}
+    done = _resume(out, prompt, cfg.retry_errors) | _resume(side, prompt, cfg.retry_errors)
+    todo = [img for img in images if img.id not in done]
+    if cfg.limit is not None:
+        todo = todo[: cfg.limit]
+    for img in todo:  # a category the policy lacks stops the run before any model call
+        teacher_prompt(active, img.rating, img.category)
+    load = None if isinstance(engine, Engine) else engine
+    teacher = engine if isinstance(engine, Engine) else (engine() if todo else None)
+    meta = {"teacher_model": teacher.model_id if teacher else None,
+            "teacher_engine": teacher.name if teacher else None, **prompt,
+            "llavaguard_version": __version__}  # fmt: skip
+    counts: Counter[str] = Counter()
+    reasons: Counter[str] = Counter()
+    writer = _Writer(out, side, cfg.drop_rejected)
+
+    def emit(img: LabelledImage, fields: dict[str, Any]) -> None:
+        given = {k: v for k, v in raw.get(img.id, {}).items() if k not in _WRITTEN}
+        if img.rationale:
+            given["input_rationale"] = img.rationale
+        writer.write({**given, "id": img.id, "image": img.image, "rating": img.rating,
+                      "category": img.category, **fields, **meta, "time": _now()})  # fmt: skip
+        counts[fields["status"]] += 1
+        if fields["status"] == "rejected":
+            reasons[fields["reason"].split(":")[0]] += 1
+
+    started = time.perf_counter()
+    if on_start is not None:
+        on_start(len(todo))
+    try:
+        for i in range(0, len(todo), cfg.batch_size):
+            batch = todo[i : i + cfg.batch_size]
+            assert teacher is not None  # loaded above whenever there is work
+            _run_batch(batch, teacher, active, cfg, emit)
+            writer.sync()
+            if on_batch is not None:
+                on_batch(len(batch))
+    finally:
+        writer.close()
+        if load is not None and teacher is not None:
+            teacher.close()
+    return {
+        "rows": len(images),
+        "skipped": len(done & {img.id for img in images}),
+        "new": len(todo),
+        "ok": counts["ok"],
+        "rejected": counts["rejected"],
+        "errors": counts["error"],
+        "reasons": dict(reasons),
+        "output": str(out),
+        "rejected_output": str(side),
+        **meta,
+        "seconds": round(time.perf_counter() - started, 2),
+    }
+
+
+# what a row gets from this module; the same keys in an input row (an earlier output fed back
+# in) are replaced, not mixed
+_WRITTEN = frozenset({
+    "rationale", "status", "reason", "attempts", "generation", "last_candidate",
+    "input_rationale", "teacher_model", "teacher_engine", "prompt_id", "policy_id",
+    "llavaguard_version", "time",
+})  # fmt: skip
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def _run_batch(
+    batch: Sequence[LabelledImage],
+    engine: Engine,
+    policy: Policy,
+    cfg: RationaleConfig,
+    emit: Callable[[LabelledImage, dict[str, Any]], None],
+) -> None:
+    """Emit each row of a batch as soon as it is finished: unreadable images at once, then
+    each attempt's accepted rows, and last the rows the final attempt could not fix."""
+    from llavaguard.images import fit_pixels, load_image
+
+    def finish(img: LabelledImage, status: str, reason: str | None, attempts: int,
+               gen: GenerationConfig | None, rationale: str = "") -> None:  # fmt: skip
+        fields = {"rationale": rationale if status == "ok" else "", "status": status,
+                  "reason": reason, "attempts": attempts,
+                  "generation": gen.model_dump(exclude_none=True) if gen else None}  # fmt: skip
+        if status == "rejected":
+            fields["last_candidate"] = rationale
+        emit(img, fields)
+
+    pending: list[tuple[LabelledImage, Any, str]] = []
+    for img in batch:
+        try:
+            pixels = load_image(img.image, name=img.id)
+            if cfg.image_max_pixels is not None:
+                pixels = fit_pixels(pixels, cfg.image_max_pixels)
+        except ImageError as e:
+            finish(img, "error", str(e), 0, None)
+            continue
+        pending.append((img, pixels, teacher_prompt(policy, img.rating, img.category)))
+    for attempt in range(1, cfg.attempts + 1):
+        if not pending:
+            break
+        gen = cfg.generation(attempt)
+        requests = [VisionRequest(text=text, images=(px,)) for _, px, text in pending]
+        retry = []
+        for item, answer in zip(pending, generate_isolated(engine, requests, gen), strict=True):
+            img = item[0]
+            if isinstance(answer, Exception):
+                finish(img, "error", str(answer), attempt, gen)
+                continue
+            rationale, teacher_rating = parse_teacher(answer)
+            reason = check(Candidate(rationale, img.rating, img.category, teacher_rating), cfg)
+            if reason is None:
+                finish(img, "ok", None, attempt, gen, rationale)
+            elif attempt == cfg.attempts:
+                finish(img, "rejected", reason, attempt, gen, rationale)
+            else:
+                retry.append(item)
+        pending = retry
