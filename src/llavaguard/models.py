@@ -86,8 +86,28 @@ KNOWN_MODELS: dict[str, ModelSpec] = {
 }
 
 
+MODEL_CARD_FILE = "llavaguard.json"  # written by ``llavaguard train`` into the models it makes
+
+
 def spec_for(model: str) -> ModelSpec | None:
-    return KNOWN_MODELS.get(model)
+    """A released model's spec, or the one a trained model folder carries (so a model
+    fine-tuned from a released one is prompted the way it was trained)."""
+    if model in KNOWN_MODELS:
+        return KNOWN_MODELS[model]
+    card = Path(model).expanduser() / MODEL_CARD_FILE
+    if not card.is_file():
+        return None
+    try:
+        data = json.loads(card.read_text("utf-8"))
+        return ModelSpec(
+            id=model,
+            family=data.get("family") or family_from_config(card.parent),
+            size=str(data.get("size", "")),
+            system_prompt=data.get("system_prompt"),
+            note=f"trained from {data.get('base', '?')}",
+        )
+    except (OSError, ValueError) as e:
+        raise ModelLoadError(f"{card}: unreadable ({e})") from e
 
 
 def family_from_config(path: Path) -> str:

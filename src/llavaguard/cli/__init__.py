@@ -10,16 +10,19 @@ from __future__ import annotations
 import sys
 
 import typer
+from pydantic import ValidationError
 
 from llavaguard import __version__
 from llavaguard.cli import annotate as _annotate
 from llavaguard.cli import assess as _assess
 from llavaguard.cli import dataset as _dataset
+from llavaguard.cli import demo as _demo
 from llavaguard.cli import evaluate as _evaluate
 from llavaguard.cli import models as _models
 from llavaguard.cli import policy as _policy
 from llavaguard.cli import serve as _serve
 from llavaguard.cli import testing as _testing
+from llavaguard.cli import train as _train
 from llavaguard.cli.common import EXIT_INTERRUPTED, EXIT_SETUP, err_console
 from llavaguard.errors import LlavaGuardError
 
@@ -38,6 +41,8 @@ app.add_typer(_annotate.app, name="annotate")
 app.add_typer(_dataset.app, name="dataset")
 app.add_typer(_evaluate.app, name="evaluate")
 app.command("serve")(_serve.serve)
+app.command("train", no_args_is_help=True)(_train.train)
+app.command("demo")(_demo.demo)
 app.add_typer(_testing.app, name="testing")
 
 
@@ -68,6 +73,12 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_INTERRUPTED
     except typer.Exit as e:
         return e.exit_code
+    except ValidationError as e:  # a configuration model refused an option
+        first = e.errors()[0]
+        where = ".".join(str(x) for x in first.get("loc", ())) or "option"
+        msg = first.get("msg", str(e)).removeprefix("Value error, ")
+        err_console.print(f"[bold red]error:[/] {where}: {msg}", highlight=False, soft_wrap=True)
+        return EXIT_SETUP
     except Exception as e:  # click usage errors and aborts
         import click
 

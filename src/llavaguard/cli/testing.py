@@ -19,7 +19,10 @@ def tiny_model(
     ),
     seed: int = typer.Option(0, "--seed", help="Seed for the random weights."),
     size: str = typer.Option(
-        "tiny", "--size", help="tiny, or 0.5b: the real LlavaGuard-0.5B architecture, for timing."
+        "tiny",
+        "--size",
+        help="tiny; small (room to learn the synthetic benchmark); or 0.5b: the real "
+        "LlavaGuard-0.5B architecture, for timing.",
     ),
 ) -> None:
     """Build a tiny, randomly initialised model that stock transformers loads."""

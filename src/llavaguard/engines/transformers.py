@@ -14,7 +14,7 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Self
 
 from llavaguard.engines.base import Engine, GenerationConfig, VisionRequest
 from llavaguard.errors import ConfigError, EngineError, ModelLoadError
@@ -131,7 +131,6 @@ class TransformersEngine(Engine):
         )
         spec = spec_for(model)
         self.family = spec.family if spec else family_from_config(path)
-        import torch
         from transformers import AutoModelForImageTextToText, AutoProcessor
         from transformers.utils import logging as hf_logging
 
@@ -149,27 +148,48 @@ class TransformersEngine(Engine):
             )
         except Exception as e:
             raise ModelLoadError(f"{model}: cannot load ({_one_line(e)})") from e
-        self.model.to(self.device).eval()
-        if self.device == "cpu" and self.dtype == torch.bfloat16:
-            use_float32_decode_attention(self.model)
-        self.tokenizer = getattr(self.processor, "tokenizer", None)
-        if self.tokenizer is None:
-            raise ModelLoadError(f"{model}: its processor has no tokenizer")
-        self.tokenizer.padding_side = "left"
-        self._torch = torch
-        # transformers 5.2x renamed past_key_values to cache (the old name warns); take
-        # whichever name this version's model takes
-        takes = inspect.signature(self.model.forward).parameters
-        self._cache_kw = "cache" if "cache" in takes else "past_key_values"
-        self._grammar_cache: Any = None
-        self._prefills: OrderedDict[tuple, Any] = OrderedDict()
-        self.batch_prefill = self.device != "cpu"  # see score()
-        self.generated_tokens = 0  # a running count, for benchmarks
+        self.model.to(self.device)
+        self._attach()
         log.info(
             "loaded %s (%s) on %s as %s in %.1fs",
             model, self.family, self.device, str(self.dtype).removeprefix("torch."),
             time.perf_counter() - started,
         )  # fmt: skip
+
+    @classmethod
+    def from_loaded(cls, model: Any, processor: Any, model_id: str, family: str = "") -> Self:
+        """An engine over a model already in memory (a model being trained, for one): it is
+        used as it is, on its own device and dtype, and put back in training mode by the
+        caller."""
+        self = cls.__new__(cls)
+        self.model_id, self.family = model_id, family
+        self.model, self.processor = model, processor
+        first = next(model.parameters())
+        self.device, self.dtype = str(first.device), first.dtype
+        self._attach()
+        return self
+
+    def _attach(self) -> None:
+        """Set-up shared by loading and ``from_loaded``."""
+        import torch
+
+        self.model.eval()
+        if self.device == "cpu" and self.dtype == torch.bfloat16:
+            use_float32_decode_attention(self.model)
+        self.tokenizer = getattr(self.processor, "tokenizer", None)
+        if self.tokenizer is None:
+            raise ModelLoadError(f"{self.model_id}: its processor has no tokenizer")
+        self.tokenizer.padding_side = "left"
+        self._torch = torch
+        # transformers 5.2x renamed past_key_values to cache (the old name warns); take
+        # whichever name this version's model takes (a PEFT wrapper hides it: look inside)
+        inner = getattr(self.model, "get_base_model", lambda: self.model)()
+        takes = inspect.signature(inner.forward).parameters
+        self._cache_kw = "cache" if "cache" in takes else "past_key_values"
+        self._grammar_cache: Any = None
+        self._prefills: OrderedDict[tuple, Any] = OrderedDict()
+        self.batch_prefill = self.device != "cpu"  # see score()
+        self.generated_tokens = 0  # a running count, for benchmarks
 
     # ------------------------------------------------------------------------------------
     def _prompt(self, request: VisionRequest) -> str:

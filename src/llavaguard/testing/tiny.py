@@ -13,6 +13,7 @@ and which hub model a family stands for (that is ``llavaguard.models``).
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from importlib import resources
@@ -86,6 +87,10 @@ _TEXT = dict(
 )
 
 
+# "small": still seconds per step on a CPU, with room to learn a task (the synthetic benchmark)
+_SMALL = dict(_TEXT, hidden_size=128, intermediate_size=256, num_hidden_layers=4)
+
+
 def _corpus() -> list[str]:
     """Policy texts and answers, so words like Safe and Unsafe become single tokens."""
     raw = resources.files("llavaguard.policy").joinpath("llavaguard-v1.2.json").read_text("utf-8")
@@ -139,7 +144,7 @@ def _tokenizer(family: str) -> Any:
     )
 
 
-SIZES: tuple[str, ...] = ("tiny", "0.5b")
+SIZES: tuple[str, ...] = ("tiny", "small", "0.5b")
 
 
 def build_tiny_model(
@@ -152,15 +157,18 @@ def build_tiny_model(
     """Write a random model of ``family`` to ``out_dir`` and return the folder.
 
     The same seed gives the same weights; the caller's global torch RNG is left untouched.
-    ``size="0.5b"`` (llava-onevision only) builds the real LlavaGuard-v1.2-0.5B-OV
-    architecture (Qwen2-0.5B text, SigLIP-so400m vision, 384-px anyres tiles, the full
-    151,936-token vocabulary) with random weights, saved in bfloat16: for timing, not answers.
+    ``size="small"`` (llava-onevision only) has a 4-layer, 128-wide language model: still
+    fast on a CPU, with room to learn the synthetic benchmark. ``size="0.5b"``
+    (llava-onevision only) builds the real LlavaGuard-v1.2-0.5B-OV architecture (Qwen2-0.5B
+    text, SigLIP-so400m vision, 384-px anyres tiles, the full 151,936-token vocabulary) with
+    random weights, saved in bfloat16: for timing, not answers.
     """
     if family not in FAMILIES:
         raise ConfigError(f"unknown model family {family!r} (valid: {', '.join(FAMILIES)})")
     if size not in SIZES or (size != "tiny" and family != "llava-onevision"):
         raise ConfigError(
-            f"size {size!r} is not available for {family} (tiny; 0.5b for llava-onevision)"
+            f"size {size!r} is not available for {family} "
+            "(tiny; small and 0.5b for llava-onevision)"
         )
     import torch
 
@@ -170,10 +178,12 @@ def build_tiny_model(
     builder = {"llava-onevision": _onevision, "llava": _llava, "qwen2.5-vl": _qwen25vl}[family]
     if size == "0.5b":
         builder = _onevision_05b
+    elif size == "small":
+        builder = functools.partial(_onevision, small=True)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model, processor = builder(tokenizer)
-    if size != "tiny":
+    if size == "0.5b":
         model = model.to(torch.bfloat16)
     ids = dict(
         pad_token_id=tokenizer.pad_token_id,
@@ -205,7 +215,7 @@ def _ids(tokenizer: Any, *tokens: str) -> list[int]:
     return [tokenizer.convert_tokens_to_ids(t) for t in tokens]
 
 
-def _onevision(tokenizer: Any) -> tuple[Any, Any]:
+def _onevision(tokenizer: Any, *, small: bool = False) -> tuple[Any, Any]:
     from transformers import (
         LlavaOnevisionConfig,
         LlavaOnevisionForConditionalGeneration,
@@ -222,15 +232,17 @@ def _onevision(tokenizer: Any) -> tuple[Any, Any]:
     config = LlavaOnevisionConfig(
         vision_config=dict(
             model_type="siglip_vision_model",
-            hidden_size=32,
-            intermediate_size=64,
+            hidden_size=64 if small else 32,
+            intermediate_size=128 if small else 64,
             num_hidden_layers=2,
             num_attention_heads=2,
             image_size=image,
             patch_size=patch,
             vision_use_head=False,
         ),
-        text_config=dict(model_type="qwen2", vocab_size=len(tokenizer), **_TEXT),
+        text_config=dict(
+            model_type="qwen2", vocab_size=len(tokenizer), **(_SMALL if small else _TEXT)
+        ),
         image_token_index=image_id,
         video_token_index=video_id,
         vision_feature_select_strategy="full",

@@ -1,0 +1,297 @@
+"""Fine-tune a VLM into a safeguard with TRL's SFTTrainer (PEFT for LoRA, accelerate for many
+devices): a dataset folder from ``llavaguard dataset build`` in, a model folder out that
+``llavaguard assess`` and ``llavaguard serve`` load.
+
+What we add to TRL: the reference recipe as defaults, the vision tower frozen by name for every
+family, the prompt rendered the way the engine renders it at inference (system prompt
+included), rating accuracy and PER measured during training with the same scoring code that
+``assess`` uses, and a merged, standalone output folder that remembers how it is prompted.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+from pathlib import Path
+from typing import Any, ClassVar
+
+from llavaguard.errors import ConfigError
+from llavaguard.models import MODEL_CARD_FILE, family_from_config, resolve_model, spec_for
+from llavaguard.train.config import TrainConfig
+
+log = logging.getLogger(__name__)
+
+# Parameter-name pieces of the vision side, across LLaVA, LLaVA-OneVision and Qwen2.5-VL.
+VISION_PARTS = ("vision_tower", "visual.", "vision_model")
+PROJECTOR_PARTS = ("multi_modal_projector", "visual.merger", "image_newline")
+MERGED = "merged"
+
+
+def _has(name: str, parts: tuple[str, ...]) -> bool:
+    return any(p in name for p in parts)
+
+
+def freeze(model: Any, train_vision: bool, train_projector: bool) -> dict[str, int]:
+    """Freeze the vision tower and projector unless asked; returns trainable counts by part.
+    The projector check comes first: Qwen2.5-VL's merger lives inside ``visual``."""
+    tally = {"language": 0, "vision": 0, "projector": 0}
+    for name, p in model.named_parameters():
+        part = (
+            "projector"
+            if _has(name, PROJECTOR_PARTS)
+            else "vision"
+            if _has(name, VISION_PARTS)
+            else "language"
+        )
+        p.requires_grad = {"vision": train_vision, "projector": train_projector}.get(part, True)
+        if p.requires_grad:
+            tally[part] += p.numel()
+    return tally
+
+
+def load_splits(data: Path, system_prompt: str | None) -> tuple[Any, Any | None]:
+    """(train, test) in TRL's conversational prompt/completion form with PIL images: from the
+    ``hf`` folder when the build wrote one, else from the TRL JSONL beside it."""
+    from datasets import Image, List, load_dataset, load_from_disk
+
+    if (data / "hf").is_dir():
+        dd = load_from_disk(str(data / "hf"))
+    else:
+        files = {s: str(data / f"{s}.trl.jsonl") for s in ("train", "test")}
+        files = {s: f for s, f in files.items() if Path(f).is_file()}
+        if "train" not in files:
+            raise ConfigError(f"{data}: no hf/ folder and no train.trl.jsonl (run dataset build)")
+        dd = load_dataset("json", data_files=files)
+        dd = dd.cast_column("images", List(Image()))
+    keep = ["images", "prompt", "completion"]
+    system = {"role": "system", "content": [{"type": "text", "text": system_prompt or ""}]}
+    out = []
+    for split in ("train", "test"):
+        if split not in dd:
+            out.append(None)
+            continue
+        ds = dd[split].select_columns(keep)
+        if system_prompt:
+            ds = ds.map(lambda r: {"prompt": [system, *r["prompt"]]})
+        out.append(ds)
+    if out[0] is None or len(out[0]) == 0:
+        raise ConfigError(f"{data}: the train split is empty")
+    return out[0], out[1]
+
+
+def _dtype(name: str) -> Any:
+    import torch
+
+    if name != "auto":
+        return getattr(torch, name)
+    if torch.cuda.is_available():
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float32  # CPU and MPS train in float32: bf16 steps are slow there
+
+
+def _eval_samples(data: Path, n: int, seed: int) -> list[Any]:
+    from llavaguard.evaluate.data import load_labels
+
+    path = data / "test.labels.jsonl"
+    if n == 0 or not path.is_file():
+        return []
+    samples = load_labels(path)
+    random.Random(seed).shuffle(samples)
+    return samples[:n]
+
+
+def guard_metrics(guard: Any, samples: list[Any], batch_size: int = 8) -> dict[str, float]:
+    """Rating accuracy, balanced accuracy, PER and category accuracy of ``guard`` on labelled
+    samples, each under its own policy (the same code path as ``assess``)."""
+    from collections import defaultdict
+
+    from llavaguard.evaluate import metrics as M
+
+    by_policy: dict[str, list[Any]] = defaultdict(list)
+    for s in samples:
+        by_policy[s.policy.id].append(s)
+    rating: dict[str, str | None] = {}
+    category: dict[str, str | None] = {}
+    for group in by_policy.values():
+        for a in guard.assess_iter(
+            [s.image for s in group], policy=group[0].policy, ids=[s.id for s in group],
+            batch_size=batch_size,
+        ):  # fmt: skip
+            rating[a.image], category[a.image] = a.rating, a.category
+    expected = [s.rating for s in samples]
+    predicted = [rating.get(s.id) for s in samples]
+    r = M.rating_metrics(expected, predicted)
+    per = M.policy_exception_rate([s.exception for s in samples], predicted)
+    cat = M.category_accuracy([s.category for s in samples], [category.get(s.id) for s in samples])
+    out = {"rating_accuracy": r["accuracy"], "balanced_accuracy": r["balanced_accuracy"],
+           "per": per["per"], "category_accuracy": cat["exact"]}  # fmt: skip
+    return {k: v for k, v in out.items() if v is not None}
+
+
+def _trainer_class() -> type:
+    from trl import SFTTrainer
+
+    class GuardTrainer(SFTTrainer):
+        """SFTTrainer that also scores held-out samples as a safeguard at each evaluation."""
+
+        guard_samples: ClassVar[list[Any]] = []
+        guard_system: str | None = None
+
+        def evaluate(self, *args: Any, **kwargs: Any) -> dict[str, float]:
+            metrics = super().evaluate(*args, **kwargs)
+            if not self.guard_samples or self.args.world_size > 1:
+                return metrics  # the scorer runs one process on one unwrapped model
+            from llavaguard.engines.transformers import TransformersEngine
+            from llavaguard.guard import Guard
+
+            model = self.accelerator.unwrap_model(self.model)
+            engine = TransformersEngine.from_loaded(model, self.processing_class, "training")
+            guard = Guard(engine, mode="triage", system_prompt=self.guard_system)
+            try:
+                extra = {
+                    f"eval_{k}": v for k, v in guard_metrics(guard, self.guard_samples).items()
+                }
+            finally:
+                model.train()
+            self.log(extra)
+            metrics.update(extra)
+            return metrics
+
+    return GuardTrainer
+
+
+def train(cfg: TrainConfig) -> dict[str, Any]:
+    """Run one training; returns a summary (paths, steps, last metrics) also written to
+    ``output/train_summary.json``."""
+    import torch
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+    from trl import SFTConfig
+
+    base_path = resolve_model(cfg.base)
+    spec = spec_for(cfg.base)
+    family = spec.family if spec else family_from_config(base_path)
+    system = (spec.system_prompt if spec else None) if cfg.system_prompt == "auto" else (
+        cfg.system_prompt or None)  # fmt: skip
+    train_ds, test_ds = load_splits(cfg.data, system)
+    dtype = _dtype(cfg.dtype)
+    processor = AutoProcessor.from_pretrained(base_path)
+    model = AutoModelForImageTextToText.from_pretrained(base_path, dtype=dtype)
+    trainable = freeze(model, cfg.train_vision, cfg.train_projector)
+
+    peft_config = None
+    if cfg.method == "lora":
+        from peft import LoraConfig
+
+        # only the language model's linears: the vision tower has q/k/v names too
+        targets = "|".join(cfg.lora_targets)
+        peft_config = LoraConfig(
+            r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+            target_modules=rf".*language_model.*\.({targets})",
+            modules_to_save=["multi_modal_projector"] if cfg.train_projector else None,
+            task_type="CAUSAL_LM",
+        )  # fmt: skip
+
+    world = max(1, int(os.environ.get("WORLD_SIZE", "1")))
+    accum = max(1, math.ceil(cfg.effective_batch_size / (cfg.batch_size * world)))
+    steps = math.ceil(len(train_ds) / (cfg.batch_size * world * accum) * cfg.epochs)
+    eval_steps = cfg.eval_steps or max(1, steps // 10)
+    has_eval = test_ds is not None and len(test_ds) > 0 and cfg.eval_samples > 0
+    if has_eval and len(test_ds) > cfg.eval_samples:  # the loss on a sample, as the scores
+        test_ds = test_ds.shuffle(seed=cfg.seed).select(range(cfg.eval_samples))
+    args = SFTConfig(
+        output_dir=str(cfg.output),
+        num_train_epochs=cfg.epochs,
+        per_device_train_batch_size=cfg.batch_size,
+        per_device_eval_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=accum,
+        learning_rate=cfg.lr,
+        lr_scheduler_type=cfg.scheduler,
+        warmup_steps=cfg.warmup_ratio,
+        weight_decay=cfg.weight_decay,
+        logging_steps=cfg.logging_steps,
+        eval_strategy="steps" if has_eval else "no",
+        eval_steps=eval_steps,
+        save_strategy="steps",
+        save_steps=cfg.save_steps or eval_steps,
+        save_total_limit=cfg.save_total_limit,
+        bf16=dtype == torch.bfloat16,
+        fp16=dtype == torch.float16,
+        gradient_checkpointing=cfg.gradient_checkpointing,
+        max_length=None,  # never cut a sample: a cut answer teaches a broken JSON
+        completion_only_loss=True,  # loss on the answer only
+        seed=cfg.seed,
+        report_to=cfg.report_to or "none",
+        dataloader_num_workers=0,
+        disable_tqdm=True,
+        save_only_model=False,
+    )
+    trainer_cls = _trainer_class()
+    trainer = trainer_cls(
+        model=model,
+        args=args,
+        train_dataset=train_ds,
+        eval_dataset=test_ds if has_eval else None,
+        processing_class=processor,
+        peft_config=peft_config,
+    )
+    trainer.guard_samples = _eval_samples(cfg.data, cfg.eval_samples, cfg.seed)
+    trainer.guard_system = system
+    resume = None
+    if cfg.resume:
+        from transformers.trainer_utils import get_last_checkpoint
+
+        resume = get_last_checkpoint(str(cfg.output)) if cfg.output.is_dir() else None
+        if resume is None:
+            log.warning("no checkpoint in %s: starting from the beginning", cfg.output)
+    log.info("trainable parameters: %s; %d optimiser steps", trainable, steps)
+    result = trainer.train(resume_from_checkpoint=resume)
+    final = trainer.evaluate() if has_eval else {}
+
+    card = {"base": cfg.base, "family": family, "system_prompt": system, "method": cfg.method,
+            "size": spec.size if spec else ""}  # fmt: skip
+    adapter_dir = cfg.output / "final"
+    trainer.save_model(str(adapter_dir))
+    processor.save_pretrained(str(adapter_dir))
+    (adapter_dir / MODEL_CARD_FILE).write_text(json.dumps(card, indent=2) + "\n")
+    summary: dict[str, Any] = {
+        "config": json.loads(cfg.model_dump_json()),
+        "steps": result.global_step,
+        "train_loss": result.training_loss,
+        "final_eval": final,
+        "trainable_parameters": trainable,
+        "final": str(adapter_dir),
+        "resumed_from": resume,
+        "log_history": trainer.state.log_history,
+    }
+    if cfg.merge and trainer.is_world_process_zero():
+        summary["merged"] = str(merge(adapter_dir, cfg.output / MERGED, card, trainer.model))
+    if trainer.is_world_process_zero():
+        (cfg.output / "train_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def merge(src: Path, out: Path, card: dict[str, Any], model: Any | None = None) -> Path:
+    """A standalone model folder: LoRA weights folded into the base, or the fine-tuned model
+    as it is, with the processor and the model card that says how it is prompted."""
+    from transformers import AutoProcessor
+
+    if model is None:
+        from transformers import AutoModelForImageTextToText
+
+        if (src / "adapter_config.json").is_file():
+            from peft import PeftModel
+
+            base = AutoModelForImageTextToText.from_pretrained(resolve_model(card["base"]))
+            model = PeftModel.from_pretrained(base, str(src))
+        else:
+            model = AutoModelForImageTextToText.from_pretrained(src)
+    if hasattr(model, "merge_and_unload"):
+        model = model.merge_and_unload()
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(str(out))
+    AutoProcessor.from_pretrained(src).save_pretrained(str(out))
+    (out / MODEL_CARD_FILE).write_text(json.dumps(card, indent=2) + "\n")
+    return out
