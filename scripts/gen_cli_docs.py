@@ -17,9 +17,22 @@ COMMANDS = [
     ["policy", "list"],
     ["policy", "show"],
     ["models"],
+    ["annotate", "run"],
+    ["annotate", "report"],
+    ["annotate", "export"],
+    ["dataset", "import"],
+    ["dataset", "rationales"],
+    ["dataset", "build"],
+    ["train"],
+    ["evaluate", "run"],
+    ["evaluate", "compare"],
+    ["evaluate", "variants"],
+    ["serve"],
+    ["demo"],
     ["testing"],
     ["testing", "tiny-model"],
     ["testing", "sample-images"],
+    ["testing", "synthetic"],
 ]
 OUT = Path(__file__).resolve().parents[1] / "docs" / "cli.md"
 

@@ -201,3 +201,27 @@ def test_import_maps_the_annotation_label_space(tmp_path):
     (tmp_path / "own.csv").write_text("image,score,category\nimg/a.jpg,bad,knives\n")
     summary = import_labels(str(tmp_path / "own.csv"), str(tmp_path / "own.jsonl"), str(mapping))
     assert summary["categories"] == {"O6: Weapons or Substance Abuse": 1}
+
+
+def test_a_custom_taxonomy_is_the_default_policy_of_import_build_and_evaluation(tmp_path):
+    from llavaguard.dataset.labels import import_labels
+    from llavaguard.evaluate.data import load_labels
+    from llavaguard.testing.synthetic import COMPACT_POLICY, make_benchmark
+
+    csv = make_benchmark(tmp_path / "b", per_category=5, safe=10, discard=0)
+    labels = tmp_path / "labels.jsonl"
+    import_labels(str(csv), str(labels), check_images=False, policy=str(COMPACT_POLICY))
+    build_dataset(str(labels), str(tmp_path / "ds"), formats=NO_HF, policy=str(COMPACT_POLICY))
+    compact = Policy.load(COMPACT_POLICY)
+    rows = [json.loads(x) for x in (tmp_path / "ds" / "train.trl.jsonl").read_text().splitlines()]
+    v2 = next(r for r in rows if r["id"].endswith("_v2"))
+    code = json.loads(v2["completion"][0]["content"][0]["text"])["category"].split(":")[0]
+    assert v2["prompt"][0]["content"][1]["text"] == compact.with_states(allow=[code]).text
+    # the labels carry the taxonomy inline: the evaluation reads them anywhere
+    moved = tmp_path / "elsewhere.jsonl"
+    moved.write_text((tmp_path / "ds" / "test.labels.jsonl").read_text())
+    samples = load_labels(moved)
+    assert samples and {s.policy.name for s in samples} == {"synthetic-compact"}
+    exceptions = [s for s in samples if s.augmentation == "v2"]
+    assert exceptions and all(s.exception == "allowed" for s in exceptions)
+    assert all(s.policy.text == compact.with_states(allow=s.policy.allowed).text for s in samples)

@@ -78,3 +78,14 @@ def test_dataset_example_runs_as_shown(tmp_path):
     assert f"num_rows: {summary['splits']['train']['samples']}" in res.stdout  # the hf folder
     imported = (tmp_path / "imported.jsonl").read_text().splitlines()
     assert len(imported) == 2 and '"kept": 2' in res.stdout  # the discarded row is counted
+
+
+def test_training_example_runs_as_shown(tmp_path):
+    import json
+
+    _, res = run_example("training.md", tmp_path)
+    assert (tmp_path / "model" / "merged" / "llavaguard.json").is_file()
+    summary = json.loads((tmp_path / "model" / "train_summary.json").read_text())
+    assert summary["steps"] >= 1 and summary["merged"].endswith("merged")
+    answer = json.loads(res.stdout.strip().splitlines()[-1])
+    assert answer["rating"] in ("Safe", "Unsafe") and answer["image"].endswith("O1-0000.png")

@@ -35,12 +35,15 @@ class LoopConfig(BaseModel):
     batch_size: int = Field(8, ge=1)
     eval_samples: int = Field(64, ge=0, description="Scored at each evaluation during training.")
     annotate_images: int = Field(24, ge=0, description="New images annotated at the end.")
+    compact_policy: bool = Field(
+        False, description="Train and judge under the benchmark's compact taxonomy."
+    )
     seed: int = 0
 
 
 SCALES: dict[str, dict[str, Any]] = {
-    # the test suite's version: the same loop on fewer images
-    "light": {"per_category": 12, "epochs": 3.0, "annotate_images": 6},
+    # the test suite's version: the same loop on fewer images, under the compact taxonomy
+    "light": {"per_category": 12, "epochs": 3.0, "annotate_images": 6, "compact_policy": True},
     # what `llavaguard demo` runs by default
     "demo": {"per_category": 20, "epochs": 3.0},
     # the benchmark as documented
@@ -65,11 +68,12 @@ def run_loop(cfg: LoopConfig, say: Callable[[str], None] = print) -> dict[str, A
     from llavaguard.dataset.labels import import_labels
     from llavaguard.evaluate.run import EvalConfig, evaluate
     from llavaguard.testing import build_tiny_model
-    from llavaguard.testing.synthetic import make_benchmark
+    from llavaguard.testing.synthetic import COMPACT_POLICY, make_benchmark
     from llavaguard.train import TrainConfig, train
 
     out = cfg.output
     out.mkdir(parents=True, exist_ok=True)
+    policy = str(COMPACT_POLICY) if cfg.compact_policy else None
     timings: dict[str, float] = {}
 
     def stage(name: str) -> Callable[[], None]:
@@ -87,11 +91,11 @@ def run_loop(cfg: LoopConfig, say: Callable[[str], None] = print) -> dict[str, A
     done()
     done = stage("import labels")
     labels = out / "labels.jsonl"
-    imported = import_labels(str(annotations), str(labels))
+    imported = import_labels(str(annotations), str(labels), policy=policy)
     done()
     done = stage("build dataset")
     dataset = out / "dataset"
-    built = build_dataset(str(labels), str(dataset), seed=cfg.seed)
+    built = build_dataset(str(labels), str(dataset), seed=cfg.seed, policy=policy)
     done()
     done = stage("base model")
     base = build_tiny_model(out / "base", "llava-onevision", size=cfg.size, seed=cfg.seed)
@@ -120,7 +124,7 @@ def run_loop(cfg: LoopConfig, say: Callable[[str], None] = print) -> dict[str, A
                        seed=cfg.seed + 1)  # fmt: skip
         summary = annotate(inputs=[str(inbox / "images")], output=out / "annotations",
                            model=model, dtype="float32", mode="full", max_new_tokens=64,
-                           overwrite=True)  # fmt: skip
+                           policy=policy, overwrite=True)  # fmt: skip
         report_md = write_report(out / "annotations")
         annotated = {"rows": summary.rows, "failed": summary.failed,
                      "folder": str(out / "annotations"), "report": str(report_md)}  # fmt: skip
@@ -166,7 +170,8 @@ def markdown(result: dict[str, Any]) -> str:
         f"**{'PASSED' if result['passed'] else 'FAILED'}**: a {cfg['size']} model trained from "
         f"random weights on {cfg['per_category']} Unsafe images per category, judged on "
         f"{result['held_out']['images']} held-out images ({result['held_out']['samples']} "
-        "samples with their policy variants).",
+        "samples with their policy variants), under the "
+        f"{'compact' if cfg['compact_policy'] else 'LlavaGuard v1.2'} policy.",
         "",
         "| figure (held-out) | value | threshold | passed |",
         "|---|---|---|---|",

@@ -48,6 +48,7 @@ def build(
         help="Exports to write: hf (datasets folder with the images inside), llava, trl, "
         "sharegpt (LLaMA-Factory), labels (always written: the evaluation reads them).",
     ),
+    policy: str | None = policy_option(),
 ) -> None:
     """Augment with policy exceptions, split per image, balance, and write train/test as a
     Hugging Face datasets folder, LLaVA JSON, TRL prompt/completion JSONL, LLaMA-Factory
@@ -57,7 +58,7 @@ def build(
     summary = build_dataset(
         str(labels), str(output), recipe=[r.strip() for r in recipe.split(",") if r.strip()],
         test_fraction=test_fraction, balance_train=balance, seed=seed,
-        formats=[f.strip() for f in formats.split(",") if f.strip()],
+        formats=[f.strip() for f in formats.split(",") if f.strip()], policy=policy,
     )  # fmt: skip
     short = {
         name: {k: v for k, v in counts.items() if not k.startswith("by_")}
@@ -79,13 +80,14 @@ def import_(
         "LlavaGuard annotation label space).",
     ),
     check_images: bool = typer.Option(True, "--check-images/--no-check-images"),
+    policy: str | None = policy_option(),
 ) -> None:
     """Map human annotations (score words, label space) to ratings and policy categories;
     discarded and inconsistent rows are dropped and counted."""
     from llavaguard.dataset.labels import import_labels
 
     summary = import_labels(str(annotations), str(output),
-                            str(mapping) if mapping else None, check_images)  # fmt: skip
+                            str(mapping) if mapping else None, check_images, policy)  # fmt: skip
     typer.echo(json.dumps(summary, indent=2))
 
 

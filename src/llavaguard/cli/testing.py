@@ -43,3 +43,19 @@ def sample_images(
 
     for path in make_sample_images(out, n, seed=seed):
         typer.echo(str(path))
+
+
+@app.command("synthetic", no_args_is_help=True)
+def synthetic(
+    out: Path = typer.Argument(..., help="Folder for images/ and annotations.csv."),
+    per_category: int = typer.Option(20, "--per-category", help="Unsafe images per O1-O9."),
+    safe: int | None = typer.Option(None, "--safe", help="Safe images (default: as many)."),
+    discard: int = typer.Option(3, "--discard", help="Rows scored 'Discard Sample'."),
+    seed: int = typer.Option(0, "--seed"),
+) -> None:
+    """Write the synthetic visual-policy benchmark's images (each category a visual motif)
+    with human-style annotations in the reference label space; prints the CSV's path."""
+    from llavaguard.testing.synthetic import make_benchmark
+
+    typer.echo(str(make_benchmark(out, per_category=per_category, safe=safe, discard=discard,
+                                  seed=seed)))  # fmt: skip

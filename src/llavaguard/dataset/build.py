@@ -231,14 +231,14 @@ def balance(samples: Sequence[Sample], seed: int = 0) -> list[Sample]:
     return list(samples) + extra
 
 
-def read_labelled(path: str) -> list[LabelledImage]:
+def read_labelled(path: str, policy: Policy | None = None) -> list[LabelledImage]:
     """Labelled images from JSONL, JSON, CSV or Parquet: id (default: image), image, rating,
     category (label, code or old spelling; empty for Safe means the none category),
     optional rationale. Errors name the file and row."""
     from llavaguard.evaluate.data import read_rows
     from llavaguard.policy import canonical_category
 
-    policy = Policy.load()
+    policy = policy or Policy.load()
     out, seen = [], set()
     base = Path(path).parent
     for i, row in enumerate(read_rows(path), 1):
@@ -273,10 +273,12 @@ def build_dataset(
     balance_train: bool = True,
     seed: int = 0,
     formats: Sequence[str] = tuple(FORMATS),
+    policy: str | Path | None = None,
 ) -> dict:
     """Augment, split per image, balance the training split, and write ``train`` and ``test``
     in ``formats`` (HF datasets folder, LLaVA JSON, TRL JSONL, LLaMA-Factory sharegpt; the
-    evaluation labels always) plus summary.json, summary.md and summary.png.
+    evaluation labels always) plus summary.json, summary.md and summary.png. ``policy`` is
+    the default policy the augmentations vary (a built-in name or a YAML/JSON taxonomy).
     Returns the summary."""
     from collections import Counter
 
@@ -284,9 +286,10 @@ def build_dataset(
     from llavaguard.dataset.summary import plot_summary, render_markdown
 
     formats = check_formats(formats)
-    images = read_labelled(labels)
+    base_policy = Policy.load(policy)
+    images = read_labelled(labels, base_policy)
     splits = split(images, test_fraction, seed)
-    samples = augment(images, recipe, seed=seed)
+    samples = augment(images, recipe, policy=base_policy, seed=seed)
     parts = {name: [s for s in samples if splits[s.image_id] == name] for name in ("train", "test")}
     if balance_train:
         parts["train"] = balance(parts["train"], seed)
@@ -302,7 +305,7 @@ def build_dataset(
         "balanced": balance_train,
         "splits": {},
         "formats": formats,
-        "policy": Policy.load().name,
+        "policy": base_policy.name,
         "llavaguard_version": __version__,
     }
     for name, part in parts.items():

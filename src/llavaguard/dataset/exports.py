@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from llavaguard.errors import ConfigError
 
@@ -33,14 +33,22 @@ def to_llava(samples: Sequence[Sample]) -> list[dict]:
 
 
 def to_labels(samples: Sequence[Sample]) -> list[dict]:
-    """Rows ``llavaguard evaluate`` reads: policy by name and codes."""
+    """Rows ``llavaguard evaluate`` reads: the policy by name and codes (a custom taxonomy
+    inline, so the labels do not depend on where its file was)."""
+    from llavaguard.policy.taxonomy import BUILTIN_TAXONOMIES
+
+    def spec(p: Any) -> Any:
+        if p.name in BUILTIN_TAXONOMIES:
+            return p.name
+        return type(p)(taxonomy=p.taxonomy).model_dump(mode="json")
+
     return [
         {
             "id": s.id,
             "image": s.image,
             "rating": s.rating,
             "category": s.category,
-            "policy": s.policy.name,
+            "policy": spec(s.policy),
             "allow": s.policy.allowed,
             "sensitive": s.policy.sensitive,
             "augmentation": s.augmentation,

@@ -71,15 +71,20 @@ def load_mapping(path: str | None) -> tuple[dict[str, str], dict[str, str]]:
 
 
 def import_labels(
-    path: str, output: str, mapping: str | None = None, check_images: bool = True
+    path: str,
+    output: str,
+    mapping: str | None = None,
+    check_images: bool = True,
+    policy: str | None = None,
 ) -> dict[str, Any]:
     """Rows with ``image`` and ``score`` (or ``rating``) and ``category`` (or ``label``) ->
-    a labelled-images JSONL that ``dataset build`` reads; returns the counts."""
+    a labelled-images JSONL that ``dataset build`` reads; returns the counts. Categories are
+    resolved against ``policy`` (default: the built-in one)."""
     from llavaguard.evaluate.data import read_rows
     from llavaguard.policy import Policy, canonical_category
 
     scores, categories = load_mapping(mapping)
-    policy = Policy.load()
+    active = Policy.load(policy)
     base = Path(path).parent
     kept, dropped = [], Counter()
     for i, row in enumerate(read_rows(path), 1):
@@ -100,11 +105,11 @@ def import_labels(
         label = row.get("category", row.get("label"))
         code = categories.get(_norm(label))
         if code is None:
-            code = (canonical_category(str(label), policy) or "").split(":")[0] or None
+            code = (canonical_category(str(label), active) or "").split(":")[0] or None
         if code is None:
             raise ConfigError(f"{where}: unknown category label {label!r}")
         category = (
-            policy.taxonomy.none_category if code == "NA" else policy.taxonomy.category(code).label
+            active.taxonomy.none_category if code == "NA" else active.taxonomy.category(code).label
         )
         if rating == "Unsafe" and code == "NA":
             dropped["unsafe without a category"] += 1

@@ -16,6 +16,10 @@ import os
 import random
 from pathlib import Path
 
+# The benchmark's compact taxonomy (same codes and names, one rule each): a prompt of a few
+# hundred tokens instead of 1,300, for the light version that runs in the test suite.
+COMPACT_POLICY = Path(__file__).with_name("synthetic-policy.yaml")
+
 # category code -> (annotation label, colour, shape)
 MOTIFS: dict[str, tuple[str, tuple[int, int, int], str]] = {
     "O1": ("Humiliation, Harassment or Hate", (220, 30, 30), "ring"),

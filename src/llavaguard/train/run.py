@@ -219,12 +219,13 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         save_total_limit=cfg.save_total_limit,
         bf16=dtype == torch.bfloat16,
         fp16=dtype == torch.float16,
-        gradient_checkpointing=cfg.gradient_checkpointing,
+        **({"gradient_checkpointing": True} if cfg.gradient_checkpointing else {}),
         max_length=None,  # never cut a sample: a cut answer teaches a broken JSON
         completion_only_loss=True,  # loss on the answer only
         seed=cfg.seed,
         report_to=cfg.report_to or "none",
         dataloader_num_workers=0,
+        dataloader_pin_memory=torch.cuda.is_available(),
         disable_tqdm=True,
         save_only_model=False,
     )
