@@ -7,8 +7,8 @@ judged on held-out images: balanced accuracy under the default policy, PER (each
 category declared non-violating must turn the rating to Safe) and category accuracy, each
 >= 0.9 to pass.
 
-    .venv/bin/python bench/bench_synthetic.py                 # the full scale (~30 min, 2 cores)
-    .venv/bin/python bench/bench_synthetic.py --scale light   # the test suite's version
+    .venv/bin/python bench/bench_synthetic.py                 # the full scale (~45 min, 2 cores)
+    .venv/bin/python bench/bench_synthetic.py --scale light   # the test suite's version (~6 min)
 
 Writes bench/results/synthetic-<scale>.json (and the run's own report.md in --work).
 """

@@ -42,12 +42,12 @@ class LoopConfig(BaseModel):
 
 
 SCALES: dict[str, dict[str, Any]] = {
-    # the test suite's version: the same loop on fewer images, under the compact taxonomy
+    # the test suite's version: fewer images, under the compact taxonomy (a 570-token prompt)
     "light": {"per_category": 12, "epochs": 3.0, "annotate_images": 6, "compact_policy": True},
-    # what `llavaguard demo` runs by default
-    "demo": {"per_category": 20, "epochs": 3.0},
-    # the benchmark as documented
-    "full": {"per_category": 40, "epochs": 4.0, "annotate_images": 48},
+    # what `llavaguard demo` runs by default: the light loop, a larger folder annotated
+    "demo": {"per_category": 12, "epochs": 3.0, "annotate_images": 24, "compact_policy": True},
+    # the benchmark as documented: the LlavaGuard v1.2 policy itself (1,300 tokens)
+    "full": {"per_category": 30, "epochs": 4.0, "eval_samples": 48, "annotate_images": 24},
 }
 
 
@@ -148,6 +148,13 @@ def run_loop(cfg: LoopConfig, say: Callable[[str], None] = print) -> dict[str, A
             "train_loss": trained["train_loss"],
             "final_eval": trained["final_eval"],
         },
+        "rating_accuracy_by_augmentation": {
+            "default policy": report["default_policy"]["rating"]["excluded"]["accuracy"],
+            **{
+                aug: sl["rating"]["excluded"]["accuracy"]
+                for aug, sl in report["by_augmentation"].items()
+            },
+        },
         "annotated": annotated,
         "timings_s": timings,
         "paths": {
@@ -179,6 +186,16 @@ def markdown(result: dict[str, Any]) -> str:
     for k, c in result["checks"].items():
         v = "n/a" if c["value"] is None else f"{c['value']:.3f}"
         lines.append(f"| {k} | {v} | {c['threshold']} | {'yes' if c['passed'] else 'no'} |")
+    lines += [
+        "",
+        "Rating accuracy on the held-out samples by policy augmentation (v2: own category "
+        "allowed, answer Safe; v3: other categories allowed, answer unchanged):",
+        "",
+        "| augmentation | rating accuracy |",
+        "|---|---|",
+    ]
+    for aug, acc in result["rating_accuracy_by_augmentation"].items():
+        lines.append(f"| {aug} | {'n/a' if acc is None else f'{acc:.3f}'} |")
     lines += ["", "| stage | seconds |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in result["timings_s"].items()]
     lines += ["", "Files:", ""]
