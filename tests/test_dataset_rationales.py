@@ -28,7 +28,6 @@ from llavaguard.engines import Engine, GenerationConfig, VisionRequest
 from llavaguard.errors import ConfigError, EngineError
 from llavaguard.policy import Policy
 
-ROOT = Path(__file__).resolve().parents[1]
 CFG = RationaleConfig()
 O6 = "O6: Weapons or Substance Abuse"
 GOOD = {
@@ -300,18 +299,11 @@ def test_bad_options_are_one_line_errors(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_documented_example_runs_and_resumes_with_a_real_tiny_model(tmp_path):
-    import os
     import re
-    import subprocess
-    import sys
 
-    doc = (ROOT / "docs" / "dataset.md").read_text("utf-8")
-    section = doc[doc.index("<!-- example:rationales") :]
-    block = re.search(r"```bash\n(.*?)\n```", section, re.S).group(1)
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    res = subprocess.run(["bash", "-e", "-c", block], cwd=tmp_path, env=env,
-                         capture_output=True, text=True, timeout=600)  # fmt: skip
-    assert res.returncode == 0, res.stderr[-2000:]
+    from test_docs import run_example
+
+    _, res = run_example("dataset.md", tmp_path, marker="<!-- example:rationales")
     starts = [m.start() for m in re.finditer(r'^\{\n  "rows"', res.stdout, re.M)]
     first, second = (json.JSONDecoder().raw_decode(res.stdout, i)[0] for i in starts)
     assert (first["new"], first["ok"] + first["rejected"], first["errors"]) == (3, 3, 0)

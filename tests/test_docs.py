@@ -24,16 +24,16 @@ def test_readme_setup_and_test_commands_are_what_ci_runs():
         assert command in readme and command in ci
 
 
-def run_example(doc_name: str, tmp_path: Path):
-    """The bash block after a doc's "Example, runnable as shown" heading, run verbatim in an
-    empty folder with the environment's bin on PATH."""
+def run_example(doc_name: str, tmp_path: Path, marker: str = "## Example, runnable as shown"):
+    """The bash block after ``marker`` in a doc (by default its "Example, runnable as shown"
+    heading), run verbatim in an empty folder with the environment's bin on PATH."""
     import os
     import re
     import subprocess
     import sys
 
     doc = (ROOT / "docs" / doc_name).read_text("utf-8")
-    section = doc[doc.index("## Example, runnable as shown") :]
+    section = doc[doc.index(marker) :]
     block = re.search(r"```bash\n(.*?)\n```", section, re.S).group(1)
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     res = subprocess.run(["bash", "-e", "-c", block], cwd=tmp_path, env=env,

@@ -84,7 +84,13 @@ def test_lora_training_resumes_and_merges(built):
     assert r.returncode == 0, r.stderr[-3000:]
     first = json.loads((out / "train_summary.json").read_text())
     assert (out / "final" / "adapter_config.json").is_file()
-    assert first["trainable_parameters"]["vision"] == 0
+    from transformers import AutoModelForImageTextToText
+
+    base = AutoModelForImageTextToText.from_pretrained(built["base"])
+    language = sum(p.numel() for n, p in base.named_parameters() if "language_model" in n)
+    trained = first["trainable_parameters"]
+    assert trained["vision"] == trained["projector"] == 0
+    assert 0 < trained["language"] < language / 10  # the adapters, not the weights under them
     # two epochs now, launched the multi-device way: resuming picks up the last checkpoint
     # instead of starting over
     r = subprocess.run(

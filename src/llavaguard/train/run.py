@@ -34,21 +34,28 @@ def _has(name: str, parts: tuple[str, ...]) -> bool:
     return any(p in name for p in parts)
 
 
-def freeze(model: Any, train_vision: bool, train_projector: bool) -> dict[str, int]:
-    """Freeze the vision tower and projector unless asked; returns trainable counts by part.
-    The projector check comes first: Qwen2.5-VL's merger lives inside ``visual``."""
+def _part(name: str) -> str:
+    """The projector check comes first: Qwen2.5-VL's merger lives inside ``visual``."""
+    if _has(name, PROJECTOR_PARTS):
+        return "projector"
+    return "vision" if _has(name, VISION_PARTS) else "language"
+
+
+def freeze(model: Any, train_vision: bool, train_projector: bool) -> None:
+    """Freeze the vision tower and projector unless asked."""
+    for name, p in model.named_parameters():
+        p.requires_grad = {"vision": train_vision, "projector": train_projector}.get(
+            _part(name), True
+        )
+
+
+def trainable_parameters(model: Any) -> dict[str, int]:
+    """Parameters that train, by part, counted on the model the trainer holds (so LoRA
+    counts its adapters, not the frozen weights under them)."""
     tally = {"language": 0, "vision": 0, "projector": 0}
     for name, p in model.named_parameters():
-        part = (
-            "projector"
-            if _has(name, PROJECTOR_PARTS)
-            else "vision"
-            if _has(name, VISION_PARTS)
-            else "language"
-        )
-        p.requires_grad = {"vision": train_vision, "projector": train_projector}.get(part, True)
         if p.requires_grad:
-            tally[part] += p.numel()
+            tally[_part(name)] += p.numel()
     return tally
 
 
@@ -179,7 +186,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     dtype = _dtype(cfg.dtype)
     processor = AutoProcessor.from_pretrained(base_path)
     model = AutoModelForImageTextToText.from_pretrained(base_path, dtype=dtype)
-    trainable = freeze(model, cfg.train_vision, cfg.train_projector)
+    freeze(model, cfg.train_vision, cfg.train_projector)
 
     peft_config = None
     if cfg.method == "lora":
@@ -238,6 +245,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         processing_class=processor,
         peft_config=peft_config,
     )
+    trainable = trainable_parameters(trainer.model)
     trainer.guard_samples = _eval_samples(cfg.data, cfg.eval_samples, cfg.seed)
     trainer.guard_system = system
     resume = None
