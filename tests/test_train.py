@@ -54,6 +54,8 @@ def test_full_training_merges_into_a_model_assess_and_serve_load(built):
     scored = [h for h in summary["log_history"] if "eval_rating_accuracy" in h]
     assert evals and scored  # validation loss and rating accuracy during training
     assert 0.0 <= scored[-1]["eval_rating_accuracy"] <= 1.0
+    final = summary["final_eval"]  # the last evaluation, with its safeguard figures
+    assert "eval_loss" in final and "eval_rating_accuracy" in final
     # the vision tower stayed frozen, the projector and the language model trained
     trainable = summary["trainable_parameters"]
     assert trainable["vision"] == 0 and trainable["projector"] > 0 and trainable["language"] > 0
@@ -109,9 +111,18 @@ def test_lora_training_resumes_and_merges(built):
     assert not (merged / "adapter_config.json").exists()  # LoRA folded in: a plain model
     from llavaguard import Guard
 
+    image = sorted(built["images"].iterdir())[0]
     guard = Guard.from_pretrained(str(merged), dtype="float32", mode="triage")
-    a = guard.assess(sorted(built["images"].iterdir())[0])
+    a = guard.assess(image)
     assert a.rating in ("Safe", "Unsafe") and a.score is not None
+    # merging from the saved adapter (how sharded runs merge) gives the same model
+    from llavaguard.train.run import merge
+
+    card = json.loads((out / "final" / "llavaguard.json").read_text())
+    from_disk = merge(out / "final", out / "merged-from-disk", card)
+    assert not (from_disk / "adapter_config.json").exists()
+    b = Guard.from_pretrained(str(from_disk), dtype="float32", mode="triage").assess(image)
+    assert b.score == pytest.approx(a.score, abs=1e-5) and b.rating == a.rating
 
 
 @pytest.mark.parametrize(
@@ -142,3 +153,17 @@ def test_accelerate_configs_load(name):
     assert cfg.distributed_type.value == expected[0]
     if expected[1]:
         assert cfg.deepspeed_config["zero_stage"] == expected[1]
+
+
+def test_the_last_evaluation_is_reused_not_repeated():
+    from llavaguard.train.run import _evaluation_at
+
+    history = [
+        {"loss": 1.0, "step": 4},
+        {"eval_loss": 0.5, "step": 4},
+        {"eval_rating_accuracy": 0.75, "step": 4},
+        {"eval_loss": 0.4, "step": 2},
+    ]
+    assert _evaluation_at(history, 4) == {"eval_loss": 0.5, "eval_rating_accuracy": 0.75}
+    assert _evaluation_at(history, 6) == {}  # no evaluation at the last step: evaluate then
+    assert _evaluation_at([{"eval_rating_accuracy": 1.0, "step": 3}], 3) == {}

@@ -257,7 +257,9 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             log.warning("no checkpoint in %s: starting from the beginning", cfg.output)
     log.info("trainable parameters: %s; %d optimiser steps", trainable, steps)
     result = trainer.train(resume_from_checkpoint=resume)
-    final = trainer.evaluate() if has_eval else {}
+    final = _evaluation_at(trainer.state.log_history, result.global_step) if has_eval else {}
+    if has_eval and not final:  # the last step was not an evaluation step
+        final = trainer.evaluate()
 
     card = {"base": cfg.base, "family": family, "system_prompt": system, "method": cfg.method,
             "size": spec.size if spec else ""}  # fmt: skip
@@ -276,10 +278,22 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         "log_history": trainer.state.log_history,
     }
     if cfg.merge and trainer.is_world_process_zero():
-        summary["merged"] = str(merge(adapter_dir, cfg.output / MERGED, card, trainer.model))
+        # one process holds the whole model; sharded (ZeRO-3, FSDP) it is read back from final/
+        in_memory = trainer.model if world == 1 else None
+        summary["merged"] = str(merge(adapter_dir, cfg.output / MERGED, card, in_memory))
     if trainer.is_world_process_zero():
         (cfg.output / "train_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+def _evaluation_at(history: list[dict[str, Any]], step: int) -> dict[str, Any]:
+    """What an evaluation at ``step`` already logged (its loss and its safeguard figures are
+    two entries), so the run does not evaluate the same weights twice; {} if none did."""
+    out: dict[str, Any] = {}
+    for entry in history:
+        if entry.get("step") == step:
+            out.update({k: v for k, v in entry.items() if k.startswith("eval_")})
+    return out if "eval_loss" in out else {}
 
 
 def merge(src: Path, out: Path, card: dict[str, Any], model: Any | None = None) -> Path:
