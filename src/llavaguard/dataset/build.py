@@ -90,6 +90,11 @@ def _others(img: LabelledImage, policy: Policy) -> list[str]:
     return [c.code for c in policy.categories if c.code != own]
 
 
+def _draw(others: list[str], rng: random.Random, low: int, high: int) -> list[str]:
+    """``low``-``high`` of ``others`` at random (fewer when there are fewer)."""
+    return rng.sample(others, k=min(len(others), rng.randint(low, high)))
+
+
 @_aug("v1")
 def v1(img: LabelledImage, policy: Policy, rng: random.Random) -> tuple[Policy, str] | None:
     allow = [c for c in _others(img, policy) if rng.random() < 0.5]
@@ -107,16 +112,12 @@ def v2a(img: LabelledImage, policy: Policy, rng: random.Random) -> tuple[Policy,
     own = _own(img, policy)
     if own is None:
         return None
-    others = _others(img, policy)
-    extra = rng.sample(others, k=min(len(others), rng.randint(0, 2)))
-    return policy.with_states(allow=[own, *extra]), "Safe"
+    return policy.with_states(allow=[own, *_draw(_others(img, policy), rng, 0, 2)]), "Safe"
 
 
 @_aug("v3")
 def v3(img: LabelledImage, policy: Policy, rng: random.Random) -> tuple[Policy, str] | None:
-    others = _others(img, policy)
-    pick = rng.sample(others, k=min(len(others), rng.randint(1, 3)))
-    return policy.with_states(allow=pick), img.rating
+    return policy.with_states(allow=_draw(_others(img, policy), rng, 1, 3)), img.rating
 
 
 @_aug("v4")
@@ -127,9 +128,7 @@ def v4(img: LabelledImage, policy: Policy, rng: random.Random) -> tuple[Policy, 
 
 @_aug("v5")
 def v5(img: LabelledImage, policy: Policy, rng: random.Random) -> tuple[Policy, str] | None:
-    others = _others(img, policy)
-    pick = rng.sample(others, k=min(len(others), rng.randint(1, 3)))
-    return policy.with_states(sensitive=pick), img.rating
+    return policy.with_states(sensitive=_draw(_others(img, policy), rng, 1, 3)), img.rating
 
 
 def augment(
