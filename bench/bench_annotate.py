@@ -102,7 +102,7 @@ def overhead(images: Path, model: Path, args: argparse.Namespace, n: int) -> dic
     from llavaguard.annotate import AnnotateConfig, annotate
     from llavaguard.engines import GenerationConfig
     from llavaguard.guard import Guard
-    from llavaguard.images import load_image
+    from llavaguard.inputs.images import load_image
 
     guard = Guard.from_pretrained(
         str(model), mode=args.mode, generation=GenerationConfig(max_new_tokens=args.tokens)

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from llavaguard.dataset import read_source
 from llavaguard.errors import ConfigError
+from llavaguard.inputs.sources import read_source
 
 from conftest import run_cli
 

@@ -13,7 +13,7 @@ from PIL import Image
 
 from llavaguard.dataset.build import build_dataset
 from llavaguard.errors import ConfigError
-from llavaguard.images import load_image
+from llavaguard.inputs.images import load_image
 from llavaguard.testing import make_sample_images
 
 from conftest import run_cli

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from PIL import Image, features
 
 from llavaguard.errors import ImageError
-from llavaguard.images import (
+from llavaguard.inputs.images import (
     IMAGE_EXTENSIONS,
     ImageLimits,
     expand_paths,

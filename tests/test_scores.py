@@ -9,9 +9,9 @@ from PIL import Image
 from llavaguard import Guard, Policy
 from llavaguard.engines import GenerationConfig, VisionRequest
 from llavaguard.errors import ConfigError
-from llavaguard.images import fit_pixels
+from llavaguard.guard.scoring import continuations
+from llavaguard.inputs.images import fit_pixels
 from llavaguard.policy import answer_prefix, parse_answer
-from llavaguard.scoring import continuations
 from llavaguard.testing import FAMILIES, build_tiny_model, make_sample_images
 
 CUSTOM = """\
@@ -55,7 +55,7 @@ def test_scores_are_probabilities(engine, images):
 def test_score_is_what_greedy_generation_sees(engine, images):
     """P(Unsafe) equals the two labels' share in generate()'s own next-token distribution,
     so greedy decoding between the labels lands on the score's side of 0.5."""
-    from llavaguard.images import load_image
+    from llavaguard.inputs.images import load_image
 
     guard = Guard(engine, mode="triage")
     policy = Policy.load()
@@ -77,7 +77,7 @@ def test_score_is_what_greedy_generation_sees(engine, images):
 
 def test_multi_token_continuations_match_a_full_forward(engine, images):
     """Scores of multi-token continuations on the shared cache equal a plain forward pass."""
-    from llavaguard.images import load_image
+    from llavaguard.inputs.images import load_image
 
     policy = Policy.load()
     req = VisionRequest(text=policy.text, images=(load_image(images[0]),), prefix=answer_prefix())
@@ -190,7 +190,7 @@ def test_answer_reuses_the_scored_prefill(engine, images, monkeypatch):
 def test_a_batch_scores_as_its_requests_do_alone(engine, images):
     """Triage scores a batch in one left-padded prefill; images of different sizes (so rows
     of different lengths) must score as they do one at a time."""
-    from llavaguard.images import load_image
+    from llavaguard.inputs.images import load_image
 
     policy = Policy.load(allow="O3")
     requests = [

@@ -12,12 +12,11 @@ __version__ = "0.1.0"
 __all__ = ["Assessment", "Guard", "Policy", "__version__"]
 
 if TYPE_CHECKING:
-    from llavaguard.assessment import Assessment
-    from llavaguard.guard import Guard
+    from llavaguard.guard import Assessment, Guard
     from llavaguard.policy import Policy
 
 _LAZY = {
-    "Assessment": "llavaguard.assessment",
+    "Assessment": "llavaguard.guard",
     "Guard": "llavaguard.guard",
     "Policy": "llavaguard.policy",
 }

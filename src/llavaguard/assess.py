@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from llavaguard.guard import Guard
-from llavaguard.images import expand_paths
+from llavaguard.inputs.images import expand_paths
 from llavaguard.sinks import open_sink
 
 

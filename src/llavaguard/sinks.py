@@ -11,8 +11,8 @@ import sys
 from pathlib import Path
 from typing import IO, Protocol
 
-from llavaguard.assessment import Assessment
 from llavaguard.errors import ConfigError
+from llavaguard.guard.assessment import Assessment
 
 FORMATS = ("jsonl", "json", "table")
 

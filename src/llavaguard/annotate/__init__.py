@@ -1,7 +1,7 @@
 """Dataset annotation: stream a source through a Guard into resumable Parquet shards, then
 report on the results and export curated subsets.
 
-Flow: ``dataset.sources`` (items) -> ``run`` (read/decode ahead, dedup cache, Guard batches;
+Flow: ``inputs.sources`` (items) -> ``run`` (read/decode ahead, dedup cache, Guard batches;
 ``ray_backend`` on a cluster) -> ``store`` (shards, manifest, cache) -> ``report``, ``export``.
 """
 

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from llavaguard.annotate.store import ResultStore
-from llavaguard.dataset.sources import Item
+from llavaguard.inputs.sources import Item
 
 
 class _Actor:

@@ -132,7 +132,7 @@ def _flagged_grid(root: Path, n: int, path: Path) -> Path | None:
     from PIL import Image, ImageDraw
 
     from llavaguard.annotate.export import read_image_bytes
-    from llavaguard.images import load_image
+    from llavaguard.inputs.images import load_image
 
     table = ResultStore(root).rows(["key", "rating", "score", "category"])
     rows = [r for r in table.to_pylist() if r["rating"] == "Unsafe"]

@@ -21,8 +21,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from llavaguard.annotate.store import CACHE, DedupCache, ResultStore, now_ms
-from llavaguard.dataset.sources import Item, detect, read_source
 from llavaguard.errors import ConfigError, ImageError
+from llavaguard.inputs.sources import Item, detect, read_source
 from llavaguard.models import DEFAULT_MODEL
 
 
@@ -100,7 +100,7 @@ class Prepared:
 
 def prepare(item: Item, max_bytes: int) -> Prepared:
     """Bytes, hash and decoded image of one item, or the reason there are none."""
-    from llavaguard.images import ImageLimits, load_image
+    from llavaguard.inputs.images import ImageLimits, load_image
 
     if item.error:
         return Prepared(item, error=item.error)

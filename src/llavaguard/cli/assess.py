@@ -83,7 +83,7 @@ def assess(
     from llavaguard.engines import GenerationConfig
     from llavaguard.errors import ConfigError
     from llavaguard.guard import Guard
-    from llavaguard.images import ImageLimits
+    from llavaguard.inputs.images import ImageLimits
     from llavaguard.policy import Policy
     from llavaguard.sinks import FORMATS
 

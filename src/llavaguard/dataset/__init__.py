@@ -1,5 +1,2 @@
-"""Datasets: the sources images are read from (folders, lists, tables, tar shards, HF)."""
-
-from llavaguard.dataset.sources import SOURCES, Item, detect, read_source
-
-__all__ = ["SOURCES", "Item", "detect", "read_source"]
+"""Training sets: import human labels, ask a teacher for rationales, build augmented splits
+and export them for trainers. Where images are read from is ``llavaguard.inputs``."""

@@ -53,7 +53,7 @@ def image_bytes(path: str) -> tuple[bytes, str]:
     """(bytes, name) to embed: the file itself, or the PNG of its normalised pixels."""
     from PIL import Image
 
-    from llavaguard.images import load_image
+    from llavaguard.inputs.images import load_image
 
     p = Path(path)
     try:

@@ -436,7 +436,7 @@ def _run_batch(
 ) -> None:
     """Emit each row of a batch as soon as it is finished: unreadable images at once, then
     each attempt's accepted rows, and last the rows the final attempt could not fix."""
-    from llavaguard.images import fit_pixels, load_image
+    from llavaguard.inputs.images import fit_pixels, load_image
 
     def finish(img: LabelledImage, status: str, reason: str | None, attempts: int,
                gen: GenerationConfig | None, rationale: str = "") -> None:  # fmt: skip

@@ -60,7 +60,7 @@ class Service:
     """Owns the Guard (one model in memory) and the batcher that feeds it."""
 
     def __init__(self, config: ServeConfig, guard: Guard) -> None:
-        from llavaguard.images import ImageLimits
+        from llavaguard.inputs.images import ImageLimits
 
         self.config = config
         self.guard = guard
@@ -110,7 +110,7 @@ class Service:
     # ---- inputs -----------------------------------------------------------------------------
     async def image(self, data: bytes | None = None, url: str | None = None) -> Any:
         """A decoded RGB image, or ApiError 400 saying why not."""
-        from llavaguard.images import load_image
+        from llavaguard.inputs.images import load_image
 
         try:
             if url is not None:

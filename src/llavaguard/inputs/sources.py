@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from llavaguard.errors import ConfigError
-from llavaguard.images import IMAGE_EXTENSIONS, expand_paths
+from llavaguard.inputs.images import IMAGE_EXTENSIONS, expand_paths
 
 
 @dataclass(frozen=True)

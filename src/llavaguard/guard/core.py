@@ -16,7 +16,6 @@ from itertools import islice
 from pathlib import Path
 from typing import Any, overload
 
-from llavaguard.assessment import Assessment
 from llavaguard.engines import (
     Engine,
     GenerationConfig,
@@ -25,10 +24,11 @@ from llavaguard.engines import (
     load_engine,
 )
 from llavaguard.errors import ConfigError, EngineError, ImageError
-from llavaguard.images import ImageLimits, fit_pixels, load_image, source_id
+from llavaguard.guard.assessment import Assessment
+from llavaguard.guard.scoring import RATINGS, Scores, continuations, scores_from_logprobs
+from llavaguard.inputs.images import ImageLimits, fit_pixels, load_image, source_id
 from llavaguard.models import DEFAULT_MODEL, spec_for
 from llavaguard.policy import Policy, answer_prefix, parse_answer
-from llavaguard.scoring import RATINGS, Scores, continuations, scores_from_logprobs
 
 _AUTO: Any = object()
 
