@@ -101,12 +101,13 @@ def overhead(images: Path, model: Path, args: argparse.Namespace, n: int) -> dic
 
     from llavaguard.annotate import AnnotateConfig, annotate
     from llavaguard.engines import GenerationConfig
-    from llavaguard.guard import Guard
+    from llavaguard.guard.spec import GuardSpec
     from llavaguard.inputs.images import load_image
 
-    guard = Guard.from_pretrained(
-        str(model), mode=args.mode, generation=GenerationConfig(max_new_tokens=args.tokens)
+    spec = GuardSpec(
+        model=str(model), mode=args.mode, generation=GenerationConfig(max_new_tokens=args.tokens)
     )
+    guard = spec.build()
     files = sorted(images.glob("*.jpg"))[:n]
     subset = CACHE / f"overhead-{n}"
     if not subset.exists():
@@ -122,9 +123,8 @@ def overhead(images: Path, model: Path, args: argparse.Namespace, n: int) -> dic
         guard.assess(decoded, batch_size=args.batch_size)
         engine_s.append(time.perf_counter() - t)
         summary = annotate(
-            AnnotateConfig(inputs=[str(subset)], output=out, model=str(model), mode=args.mode,
-                           batch_size=args.batch_size, overwrite=True,
-                           max_new_tokens=args.tokens),
+            AnnotateConfig(inputs=[str(subset)], output=out, guard=spec,
+                           batch_size=args.batch_size, overwrite=True),
             guard=guard,
         )  # fmt: skip
         pipeline_s.append(summary.seconds)

@@ -225,8 +225,9 @@ def test_report_and_exports(tmp_path, tiny, photos):
 def test_ray_backend_gives_the_local_rows(tmp_path, tiny, photos):
     pytest.importorskip("ray")
     from llavaguard.annotate import AnnotateConfig, ResultStore, annotate
+    from llavaguard.guard import GuardSpec
 
-    common = dict(inputs=[str(photos[0].parent)], model=str(tiny), mode="triage",
+    common = dict(inputs=[str(photos[0].parent)], guard=GuardSpec(model=str(tiny), mode="triage"),
                   batch_size=2, shard_size=4)  # fmt: skip
     annotate(AnnotateConfig(output=tmp_path / "local", **common))
     summary = annotate(AnnotateConfig(output=tmp_path / "ray", backend="ray", **common))

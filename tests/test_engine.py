@@ -2,8 +2,13 @@
 
 import pytest
 
-from llavaguard.engines import engine_class, load_engine
-from llavaguard.engines.transformers import TransformersEngine, pick_device, pick_dtype
+from llavaguard.engines import engine_class
+from llavaguard.engines.transformers import (
+    TransformersEngine,
+    TransformersOptions,
+    pick_device,
+    pick_dtype,
+)
 from llavaguard.errors import ConfigError, ModelLoadError
 
 
@@ -35,7 +40,7 @@ def test_family_from_config_and_empty_batch(tmp_path):
     from llavaguard.testing import build_tiny_model
 
     path = build_tiny_model(tmp_path / "m", "llava")
-    engine = load_engine("transformers", str(path))
+    engine = TransformersEngine.load(str(path))
     assert engine.family == "llava" and engine.name == "transformers"
     assert engine.generate([]) == []
 
@@ -50,9 +55,10 @@ def test_float32_decode_attention_keeps_answers(tmp_path):
     path = build_tiny_model(tmp_path / "m", "qwen2.5-vl")
     images = make_sample_images(tmp_path / "img", 3)
     config = GenerationConfig(max_new_tokens=20)
-    plain = load_engine("transformers", str(path), dtype="bfloat16")
+    plain = TransformersEngine.load(str(path), TransformersOptions(dtype="bfloat16"))
     plain.model.set_attn_implementation("sdpa")
-    mixed = load_engine("transformers", str(path), dtype="bfloat16")  # applied when loaded
+    # applied when loaded
+    mixed = TransformersEngine.load(str(path), TransformersOptions(dtype="bfloat16"))
     assert use_float32_decode_attention(mixed.model)
     assert mixed.model.config.get_text_config()._attn_implementation == "llavaguard_sdpa"
     a = Guard(plain, generation=config).assess(images)
@@ -64,5 +70,5 @@ def test_float32_decode_attention_keeps_answers(tmp_path):
 def test_broken_model_folder(tmp_path):
     (tmp_path / "config.json").write_text('{"model_type": "llava"}')
     with pytest.raises(ModelLoadError, match="cannot load") as info:
-        TransformersEngine(str(tmp_path))
+        TransformersEngine.load(str(tmp_path))
     assert "\n" not in str(info.value)

@@ -285,7 +285,9 @@ def test_evaluate_with_a_tiny_model_and_policy_variants(tmp_path):
 
 @pytest.mark.slow
 def test_an_interrupted_model_run_resumes_without_redoing_work(tmp_path):
+    from llavaguard.engines import GenerationConfig
     from llavaguard.evaluate import EvalConfig, evaluate
+    from llavaguard.guard import GuardSpec
     from llavaguard.testing import build_tiny_model, make_sample_images
 
     model = build_tiny_model(tmp_path / "m", "llava-onevision")
@@ -293,8 +295,9 @@ def test_an_interrupted_model_run_resumes_without_redoing_work(tmp_path):
     rows = [{"id": f"s{i}", "image": str(p), "rating": "Safe"} for i, p in enumerate(images)]
     rows.append({"id": "broken", "image": str(tmp_path / "missing.jpg"), "rating": "Safe"})
     labels = write_jsonl(tmp_path / "labels.jsonl", rows)
-    cfg = EvalConfig(labels=labels, model=str(model), output=tmp_path / "out",
-                     max_new_tokens=8, bootstrap=0, plots=False)  # fmt: skip
+    spec = GuardSpec(model=str(model), generation=GenerationConfig(max_new_tokens=8))
+    cfg = EvalConfig(labels=labels, guard=spec, output=tmp_path / "out", bootstrap=0,
+                     plots=False)  # fmt: skip
     first = evaluate(cfg)
     assert first["reused"] == 0 and first["overall"]["invalid"] == 1
     pred_file = tmp_path / "out" / "predictions.jsonl"

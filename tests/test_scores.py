@@ -1,6 +1,7 @@
 """Scores, constrained answers and triage on tiny real models of each family."""
 
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -28,11 +29,11 @@ categories:
 
 @pytest.fixture(scope="module", params=FAMILIES)
 def engine(request, tmp_path_factory):
-    from llavaguard.engines import load_engine
+    from llavaguard.engines.transformers import TransformersEngine, TransformersOptions
 
     path = build_tiny_model(tmp_path_factory.mktemp(request.param) / "m", request.param)
     # float32: these tests compare numbers computed along different paths
-    return load_engine("transformers", str(path), dtype="float32")
+    return TransformersEngine.load(str(path), TransformersOptions(dtype="float32"))
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +84,7 @@ def test_multi_token_continuations_match_a_full_forward(engine, images):
     req = VisionRequest(text=policy.text, images=(load_image(images[0]),), prefix=answer_prefix())
     # singles, lone multi-token ones, and the Guard's own groups with shared parts and tails
     conts = ["Unsafe", 'Safe",\n    "cat', *continuations(policy)]
-    fast = engine.score([req], conts)[0]
+    fast = engine.score([req], conts)[0].logprobs
     for cont, got in zip(conts, fast, strict=True):
         ids = engine._continuation_tokens(req.prefix, [cont])[0]
         full = engine._inputs([VisionRequest(req.text, req.images, prefix=req.prefix + cont)])
@@ -168,20 +169,21 @@ def test_fit_pixels():
 
 def test_answer_reuses_the_scored_prefill(engine, images, monkeypatch):
     """Generating after scoring continues from the scored KV cache, with the same answer."""
+    from llavaguard.engines import transformers as module
+
     guard = Guard(engine, generation=GenerationConfig(max_new_tokens=30))
     hits = []
-    original = engine._reusable
+    original = module._reusable
 
     def counting(request, input_ids):
         cache = original(request, input_ids)
         hits.append(cache is not None)
         return cache
 
-    monkeypatch.setattr(engine, "_reusable", counting)
+    monkeypatch.setattr(module, "_reusable", counting)
     reused = guard.assess(images, batch_size=3)  # on a CPU, a batch is answered one by one
     assert len(hits) == len(images) and all(hits)
-    monkeypatch.setattr(engine, "_remember", lambda *a: None)
-    engine._prefills.clear()
+    monkeypatch.setattr(module, "_reusable", lambda *a: None)  # every answer prefills anew
     fresh = guard.assess(images, batch_size=1)
     assert [a.raw for a in reused] == [a.raw for a in fresh]
     assert all(a.valid for a in reused)
@@ -198,15 +200,46 @@ def test_a_batch_scores_as_its_requests_do_alone(engine, images):
         for p in images[:4]
     ]
     conts = continuations(policy)
-    alone = [engine.score([r], conts)[0] for r in requests]
-    engine.batch_prefill = True  # the accelerator path, taken here on the CPU
+    alone = [engine.score([r], conts)[0].logprobs for r in requests]
+    cpu = engine.capabilities
+    engine.capabilities = replace(cpu, batch_prefill=True)  # the accelerator path, on the CPU
     try:
-        together = engine.score(requests, conts)
+        together = [s.logprobs for s in engine.score(requests, conts)]
         triage = Guard(engine, mode="triage")
         batched = triage.assess(images[:4], policy=policy, batch_size=4)
     finally:
-        engine.batch_prefill = False
+        engine.capabilities = cpu
     for a, b in zip(alone, together, strict=True):
         assert a == pytest.approx(b, abs=1e-4)
     singles = [triage.assess(p, policy=policy) for p in images[:4]]
     assert [a.score for a in batched] == pytest.approx([a.score for a in singles], abs=1e-5)
+
+
+def test_a_scored_prefill_is_never_reused_for_another_image(engine, monkeypatch):
+    """Regression: scored KV caches were remembered by ``id(image)``, so a later request whose
+    image object had the same identity (a freed image's address reused, or the same buffer
+    refilled) was answered from the first image's cache. Now a cache travels only as the
+    handle ``score`` returns, and is used only for the very pixels it was made from."""
+    from llavaguard.engines import GenerationConfig
+    from llavaguard.engines import transformers as module
+
+    reused: list[bool] = []
+    original = module._reusable
+    monkeypatch.setattr(module, "_reusable", lambda *a: reused.append(
+        (cache := original(*a)) is not None) or cache)  # fmt: skip
+    policy = Policy.load()
+    config = GenerationConfig(max_new_tokens=4)
+    shared = Image.effect_noise((64, 64), 90).convert("RGB")
+
+    def request(image, prefill=None):  # the answer continues the scored prefix
+        return VisionRequest(text=policy.text, images=(image,), prefix=answer_prefix() + "Safe",
+                             prefill=prefill)  # fmt: skip
+
+    scoring = VisionRequest(text=policy.text, images=(shared,), prefix=answer_prefix())
+    (scored,) = engine.score([scoring], ["Safe", "Unsafe"])
+    engine.generate([request(shared, scored.prefill)], config)
+    assert reused == [True]  # the handle works for its own image
+    shared.paste(Image.new("RGB", (64, 64), (5, 5, 5)))  # same object, other pixels
+    engine.generate([request(shared)], config)
+    engine.generate([request(shared, scored.prefill)], config)
+    assert reused == [True, False, False]

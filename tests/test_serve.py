@@ -36,10 +36,10 @@ def favour_ratings(src: Path, out: Path, images: list[Path], logits=(6.0, 6.3)) 
     from PIL import Image
 
     from llavaguard.engines import VisionRequest
-    from llavaguard.engines.transformers import TransformersEngine
+    from llavaguard.engines.transformers import TransformersEngine, TransformersOptions
     from llavaguard.policy import answer_prefix
 
-    eng = TransformersEngine(str(src), dtype="float32", device="cpu")
+    eng = TransformersEngine.load(str(src), TransformersOptions(dtype="float32", device="cpu"))
     model, tok = eng.model, eng.tokenizer
     head = model.get_output_embeddings()
     seen: list = []
@@ -347,7 +347,7 @@ def test_remote_engine_retries_then_reports_one_line_errors():
     from PIL import Image
 
     from llavaguard.engines import VisionRequest
-    from llavaguard.engines.openai import OpenAIEngine
+    from llavaguard.engines.openai import OpenAIEngine, OpenAIOptions
     from llavaguard.errors import EngineError
 
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Flaky)
@@ -355,11 +355,11 @@ def test_remote_engine_retries_then_reports_one_line_errors():
     base = f"http://127.0.0.1:{server.server_address[1]}/v1"
     request = VisionRequest(text="hi", images=(Image.new("RGB", (8, 8)),))
     try:
-        engine = OpenAIEngine("m", base_url=base, backoff=0.01)
+        engine = OpenAIEngine("m", OpenAIOptions(base_url=base, backoff=0.01))
         assert engine.generate([request]) == ["ok"]
         assert _Flaky.calls == ["/v1/chat/completions"] * 3
-        engine = OpenAIEngine("m", base_url=f"http://127.0.0.1:{free_port()}/v1",
-                              max_retries=1, backoff=0.01)  # fmt: skip
+        engine = OpenAIEngine("m", OpenAIOptions(base_url=f"http://127.0.0.1:{free_port()}/v1",
+                                                 max_retries=1, backoff=0.01))  # fmt: skip
         with pytest.raises(EngineError, match="ConnectError") as e:
             engine.generate([request])
         assert "\n" not in str(e.value)

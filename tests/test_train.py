@@ -36,7 +36,7 @@ def built(tmp_path_factory) -> dict[str, Path]:
 
 def _train(built, out: Path, *extra: str):
     return run_cli(
-        "train", "--base", str(built["base"]), "--data", str(built["data"]), "-o", str(out),
+        "train", "--model", str(built["base"]), "--data", str(built["data"]), "-o", str(out),
         "--epochs", "1", "--batch-size", "4", "--effective-batch-size", "8",
         "--eval-samples", "4", "--lr", "1e-3", *extra, timeout=600,
     )  # fmt: skip
@@ -98,7 +98,7 @@ def test_lora_training_resumes_and_merges(built):
     r = subprocess.run(
         [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
          str(CONFIGS / "single-cpu.yaml"), "-m", "llavaguard", "train",
-         "--base", str(built["base"]), "--data", str(built["data"]), "-o", str(out),
+         "--model", str(built["base"]), "--data", str(built["data"]), "-o", str(out),
          "--epochs", "2", "--batch-size", "4", "--effective-batch-size", "8", "--method", "lora",
          "--lora-r", "4", "--lora-alpha", "8", "--eval-samples", "0", "--resume", "--merge"],
         capture_output=True, text=True, timeout=600,
@@ -139,7 +139,7 @@ def test_bad_options_are_one_line(built, args, message):
 
 
 def test_missing_dataset_is_one_line(tmp_path):
-    r = run_cli("train", "--base", "x", "--data", str(tmp_path / "none"))
+    r = run_cli("train", "--model", "x", "--data", str(tmp_path / "none"))
     assert r.returncode == 2 and "no such dataset folder" in r.stderr
 
 

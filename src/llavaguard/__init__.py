@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-__all__ = ["Assessment", "Guard", "Policy", "__version__"]
+__all__ = ["Assessment", "Guard", "GuardSpec", "Policy", "__version__"]
 
 if TYPE_CHECKING:
     from llavaguard.guard import Assessment, Guard
@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 _LAZY = {
     "Assessment": "llavaguard.guard",
     "Guard": "llavaguard.guard",
+    "GuardSpec": "llavaguard.guard",
     "Policy": "llavaguard.policy",
 }
 

@@ -66,7 +66,9 @@ def run_loop(cfg: LoopConfig, say: Callable[[str], None] = print) -> dict[str, A
     from llavaguard.annotate.run import annotate
     from llavaguard.dataset.build import build_dataset
     from llavaguard.dataset.labels import import_labels
+    from llavaguard.engines import GenerationConfig
     from llavaguard.evaluate.run import EvalConfig, evaluate
+    from llavaguard.guard.spec import GuardSpec
     from llavaguard.testing import build_tiny_model
     from llavaguard.testing.synthetic import COMPACT_POLICY, make_benchmark
     from llavaguard.train import TrainConfig, train
@@ -103,7 +105,7 @@ def run_loop(cfg: LoopConfig, say: Callable[[str], None] = print) -> dict[str, A
     done = stage("train")
     # A random base model has no vision to keep: everything trains, at a small model's rate.
     trained = train(TrainConfig(
-        base=str(base), data=dataset, output=out / "model", method="full",
+        model=str(base), data=dataset, output=out / "model", method="full",
         epochs=cfg.epochs, learning_rate=cfg.learning_rate, batch_size=cfg.batch_size,
         effective_batch_size=cfg.batch_size, train_vision=True, train_projector=True,
         eval_samples=cfg.eval_samples, merge=True, seed=cfg.seed, dtype="float32",
@@ -111,9 +113,12 @@ def run_loop(cfg: LoopConfig, say: Callable[[str], None] = print) -> dict[str, A
     done()
     model = trained["merged"]
     done = stage("evaluate")
-    report = evaluate(EvalConfig(labels=dataset / "test.labels.jsonl", model=model,
-                                 output=out / "evaluation", mode="full", max_new_tokens=64,
-                                 bootstrap=200, seed=cfg.seed, dtype="float32"))  # fmt: skip
+    # evaluation judges each sample under its own policy; annotation under the run's
+    judge = GuardSpec(model=model, engine_options={"dtype": "float32"}, mode="full",
+                      policy=policy, generation=GenerationConfig(max_new_tokens=64))  # fmt: skip
+    report = evaluate(EvalConfig(labels=dataset / "test.labels.jsonl", guard=judge,
+                                 output=out / "evaluation", bootstrap=200,
+                                 seed=cfg.seed))  # fmt: skip
     done()
     annotated = None
     if cfg.annotate_images:
@@ -123,8 +128,7 @@ def run_loop(cfg: LoopConfig, say: Callable[[str], None] = print) -> dict[str, A
                        safe=max(1, cfg.annotate_images // 2), discard=0,
                        seed=cfg.seed + 1)  # fmt: skip
         summary = annotate(inputs=[str(inbox / "images")], output=out / "annotations",
-                           model=model, dtype="float32", mode="full", max_new_tokens=64,
-                           policy=policy, overwrite=True)  # fmt: skip
+                           guard=judge, overwrite=True)  # fmt: skip
         report_md = write_report(out / "annotations")
         annotated = {"rows": summary.rows, "failed": summary.failed,
                      "folder": str(out / "annotations"), "report": str(report_md)}  # fmt: skip

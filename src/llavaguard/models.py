@@ -110,6 +110,16 @@ def spec_for(model: str) -> ModelSpec | None:
         raise ModelLoadError(f"{card}: unreadable ({e})") from e
 
 
+def describe_model(model: str, path: Path | None = None) -> ModelSpec:
+    """What is known about any model: a released or trained model's spec, else its family
+    read from the config in ``path`` (no system prompt: the chat template's default)."""
+    spec = spec_for(model)
+    if spec is not None:
+        return spec
+    family = family_from_config(path) if path is not None else "unknown"
+    return ModelSpec(id=model, family=family, size="")
+
+
 def family_from_config(path: Path) -> str:
     """The family of a model folder, from its config's model_type."""
     try:

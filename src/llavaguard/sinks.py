@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Protocol
 
 from llavaguard.errors import ConfigError
 from llavaguard.guard.assessment import Assessment
-
-FORMATS = ("jsonl", "json", "table")
+from llavaguard.registry import Registry
 
 
 class Sink(Protocol):
@@ -79,7 +79,9 @@ class TableSink:
         Console(file=self.stream, width=None if self.stream.isatty() else 160).print(table)
 
 
-_SINKS = {"jsonl": JsonlSink, "json": JsonSink, "table": TableSink}
+FORMATS: Registry[Callable[[IO[str]], Sink]] = Registry(
+    "format", {"jsonl": JsonlSink, "json": JsonSink, "table": TableSink}
+)
 
 
 class FileSink:
@@ -90,7 +92,7 @@ class FileSink:
             self.stream = path.open("w", encoding="utf-8")
         except OSError as e:
             raise ConfigError(f"{path}: cannot write output ({e.strerror or e})") from e
-        self.inner = _SINKS[fmt](self.stream)
+        self.inner = FORMATS.get(fmt)(self.stream)
 
     def write(self, assessment: Assessment) -> None:
         self.inner.write(assessment)
@@ -104,8 +106,7 @@ class FileSink:
 
 def open_sink(fmt: str = "jsonl", output: str | Path | None = None) -> Sink:
     """A sink writing ``fmt`` to a file, or to stdout when output is None or '-'."""
-    if fmt not in _SINKS:
-        raise ConfigError(f"unknown format {fmt!r} (valid: {', '.join(FORMATS)})")
+    sink = FORMATS.get(fmt)
     if output is None or str(output) == "-":
-        return _SINKS[fmt](sys.stdout)
+        return sink(sys.stdout)
     return FileSink(fmt, Path(output))

@@ -20,23 +20,22 @@ from llavaguard.inputs.sources import Item
 class _Actor:
     """Holds one Guard (one model) for its lifetime; answers batches of items."""
 
-    def __init__(self, config: dict[str, Any]) -> None:
-        from llavaguard.annotate.run import AnnotateConfig, Annotator, load_guard
+    def __init__(self, config: Any) -> None:
+        from llavaguard.annotate.run import Annotator
 
-        self.cfg = AnnotateConfig.model_validate(config)
-        self.annotator = Annotator(load_guard(self.cfg), cache=None)
+        self.cfg = config  # the AnnotateConfig itself: pickled, so secrets travel unmasked
+        self.annotator = Annotator(config.guard.build(), cache=None)
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         from llavaguard.annotate.run import Summary, prepare
 
-        max_bytes = int(self.cfg.max_file_mb * 1024 * 1024)
         prepared = []
         for i in range(len(batch["id"])):
             path, blob, error = (_missing(batch[k][i]) for k in ("path", "blob", "error"))
             item = Item(id=str(batch["id"][i]), key=str(batch["key"][i]),
                         data=str(path) if path is not None else bytes(blob or b""),
                         error=error)  # fmt: skip
-            prepared.append(prepare(item, max_bytes))
+            prepared.append(prepare(item, self.cfg.guard.image_limits))
         rows = self.annotator(prepared, Summary())
         # one JSON string a row: Ray's columnar batches would turn missing values into NaN
         return {"row": [json.dumps(r, default=_plain) for r in rows]}
@@ -82,7 +81,7 @@ def run_ray(
     gpus = int(ray.cluster_resources().get("GPU", 0))
     ds = ray.data.from_items(rows_in).map_batches(
         _Actor,
-        fn_constructor_kwargs={"config": cfg.model_dump(mode="json")},
+        fn_constructor_kwargs={"config": cfg},
         batch_size=cfg.batch_size,
         concurrency=cfg.ray_actors,
         num_gpus=1 if gpus else 0,

@@ -22,8 +22,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from llavaguard.annotate.store import CACHE, DedupCache, ResultStore, now_ms
 from llavaguard.errors import ConfigError, ImageError
+from llavaguard.guard.spec import GuardSpec
+from llavaguard.inputs.limits import ImageLimits
 from llavaguard.inputs.sources import Item, detect, read_source
-from llavaguard.models import DEFAULT_MODEL
 
 
 class AnnotateConfig(BaseModel):
@@ -37,23 +38,10 @@ class AnnotateConfig(BaseModel):
     path_column: str | None = Field(None, description="table: the column with image paths.")
     id_column: str | None = Field(None, description="table/hf: the column with ids.")
     image_column: str | None = Field(None, description="hf: the image column.")
-    model: str = Field(DEFAULT_MODEL, description="Hub id, folder, or served model name.")
-    engine: str = Field("transformers", description="transformers or openai.")
-    base_url: str | None = None
-    api_key: str | None = None
-    device: str | None = None
-    dtype: str | None = None
-    policy: str | None = None
-    allow: list[str] = Field(default_factory=list)
-    sensitive: list[str] = Field(default_factory=list)
-    mode: Literal["full", "triage"] = "full"
-    threshold: float | None = None
-    max_new_tokens: int = Field(500, ge=1)
-    image_max_pixels: int | None = None
+    guard: GuardSpec = Field(default_factory=GuardSpec, description="The safeguard to run.")
     batch_size: int = Field(8, ge=1, description="Images per engine batch.")
     shard_size: int = Field(1000, ge=1, description="Rows per Parquet shard.")
     workers: int = Field(2, ge=1, description="Threads reading and decoding ahead.")
-    max_file_mb: float = Field(64.0, gt=0, description="Larger files become error rows.")
     dedup: bool = Field(True, description="Judge identical image bytes once.")
     overwrite: bool = Field(False, description="Start over in an existing results folder.")
     limit: int | None = Field(None, ge=1, description="Stop after this many new inputs.")
@@ -98,10 +86,11 @@ class Prepared:
     error: str | None = None
 
 
-def prepare(item: Item, max_bytes: int) -> Prepared:
+def prepare(item: Item, limits: ImageLimits) -> Prepared:
     """Bytes, hash and decoded image of one item, or the reason there are none."""
-    from llavaguard.inputs.images import ImageLimits, load_image
+    from llavaguard.inputs.images import load_image
 
+    max_bytes = limits.max_bytes
     if item.error:
         return Prepared(item, error=item.error)
     sha = None
@@ -115,7 +104,7 @@ def prepare(item: Item, max_bytes: int) -> Prepared:
         else:
             data = item.data
         sha = hashlib.sha256(data).hexdigest()
-        image = load_image(data, limits=ImageLimits(max_bytes=max_bytes), name=item.key)
+        image = load_image(data, limits=limits, name=item.key)
         return Prepared(item, sha, image, image.width, image.height)
     except ImageError as e:
         return Prepared(item, sha, error=str(e))
@@ -124,19 +113,19 @@ def prepare(item: Item, max_bytes: int) -> Prepared:
 
 
 def prepared_ahead(
-    items: Iterable[Item], max_bytes: int, workers: int, window: int
+    items: Iterable[Item], limits: ImageLimits, workers: int, window: int
 ) -> Iterator[Prepared]:
     """Items prepared by a thread pool, in order, at most ``window`` in flight."""
     with ThreadPoolExecutor(workers, thread_name_prefix="llavaguard-read") as pool:
         pending: list[Any] = []
         it = iter(items)
         for item in islice(it, window):
-            pending.append(pool.submit(prepare, item, max_bytes))
+            pending.append(pool.submit(prepare, item, limits))
         while pending:
             done = pending.pop(0).result()
             nxt = next(it, None)
             if nxt is not None:
-                pending.append(pool.submit(prepare, nxt, max_bytes))
+                pending.append(pool.submit(prepare, nxt, limits))
             yield done
 
 
@@ -152,25 +141,11 @@ def row(p: Prepared, record: dict[str, Any], cached: bool) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def load_guard(cfg: AnnotateConfig) -> Any:
-    from llavaguard.engines import GenerationConfig
-    from llavaguard.guard import Guard
-    from llavaguard.policy import Policy
-
-    options: dict[str, Any] = {"device": cfg.device, "dtype": cfg.dtype}
-    if cfg.engine == "openai":
-        options = {"base_url": cfg.base_url, "api_key": cfg.api_key, "concurrency": cfg.batch_size}
-    return Guard.from_pretrained(
-        cfg.model, engine=cfg.engine,
-        policy=Policy.load(cfg.policy, allow=cfg.allow, sensitive=cfg.sensitive),
-        generation=GenerationConfig(max_new_tokens=cfg.max_new_tokens), mode=cfg.mode,
-        threshold=cfg.threshold, image_max_pixels=cfg.image_max_pixels, **options,
-    )  # fmt: skip
-
-
 def identity(cfg: AnnotateConfig, policy_id: str) -> dict[str, Any]:
-    return {"model": cfg.model, "engine": cfg.engine, "mode": cfg.mode, "policy_id": policy_id,
-            "threshold": cfg.threshold, "image_max_pixels": cfg.image_max_pixels}  # fmt: skip
+    """What must not change between the runs that fill one results folder."""
+    g = cfg.guard
+    return {"model": g.model, "engine": g.engine, "mode": g.mode, "policy_id": policy_id,
+            "threshold": g.threshold, "image_max_pixels": g.image_max_pixels}  # fmt: skip
 
 
 class Annotator:
@@ -247,13 +222,12 @@ def annotate(
 ) -> Summary:
     """Annotate ``cfg.inputs`` into ``cfg.output``; resumes an unfinished run."""
     from llavaguard import __version__
-    from llavaguard.policy import Policy
-
     cfg = cfg or AnnotateConfig(**kw)
-    policy = Policy.load(cfg.policy, allow=cfg.allow, sensitive=cfg.sensitive)
+    policy = cfg.guard.load_policy()
     store = ResultStore(cfg.output)
-    params = {**cfg.model_dump(mode="json", exclude={"api_key", "overwrite"}),
-              "llavaguard_version": __version__, "policy": policy.describe()}  # fmt: skip
+    params = {**cfg.model_dump(mode="json", exclude={"guard", "overwrite"}),
+              "guard": cfg.guard.record(), "llavaguard_version": __version__,
+              "policy": policy.describe()}  # fmt: skip
     store.open(identity(cfg, policy.id), params, cfg.overwrite)
     done = store.done_ids()
     options = {"path_column": cfg.path_column, "id_column": cfg.id_column,
@@ -293,14 +267,13 @@ def annotate(
     cache = DedupCache(cfg.output / CACHE) if cfg.dedup else None
     annotator: Annotator | None = None
     buffer: list[dict[str, Any]] = []
-    max_bytes = int(cfg.max_file_mb * 1024 * 1024)
     try:
         window = cfg.batch_size * 4
-        for batch in batches(prepared_ahead(todo(), max_bytes, cfg.workers, window),
+        for batch in batches(prepared_ahead(todo(), cfg.guard.image_limits, cfg.workers, window),
                              cfg.batch_size):  # fmt: skip
             if annotator is None:  # loaded only when there is work: a finished run is quick
                 loading = time.perf_counter()
-                guard = guard or load_guard(cfg)
+                guard = guard or cfg.guard.build()
                 if guard.policy.id != policy.id:
                     raise ConfigError("the guard's policy differs from the run's policy")
                 annotator = Annotator(guard, cache)

@@ -6,18 +6,9 @@ from pathlib import Path
 
 import typer
 
-from llavaguard.cli.common import (
-    EXIT_OK,
-    EXIT_SOME_FAILED,
-    allow_option,
-    api_key_option,
-    base_url_option,
-    engine_option,
-    err_console,
-    policy_option,
-    sensitive_option,
-)
-from llavaguard.models import DEFAULT_MODEL
+from llavaguard.cli.common import EXIT_OK, EXIT_SOME_FAILED, err_console
+from llavaguard.cli.options import ALL, batch_size_option, guard_options, quiet_option
+from llavaguard.guard.spec import GuardSpec
 
 app = typer.Typer(
     help="Annotate whole datasets (resumable), report on them, export curated subsets.",
@@ -26,6 +17,7 @@ app = typer.Typer(
 
 
 @app.command("run", no_args_is_help=True)
+@guard_options(ALL)
 def run(
     inputs: list[str] = typer.Argument(
         ...,
@@ -39,22 +31,8 @@ def run(
     path_column: str | None = typer.Option(None, "--path-column", help="table: path column."),
     id_column: str | None = typer.Option(None, "--id-column", help="table/hf: id column."),
     image_column: str | None = typer.Option(None, "--image-column", help="hf: image column."),
-    model: str = typer.Option(
-        DEFAULT_MODEL, "--model", "-m", help="Hub id, folder, or served name."
-    ),
-    engine: str = engine_option(),
-    base_url: str | None = base_url_option(),
-    api_key: str | None = api_key_option(),
-    policy: str | None = policy_option(),
-    allow: str | None = allow_option(),
-    sensitive: str | None = sensitive_option(),
-    mode: str = typer.Option("full", "--mode", help="full or triage."),
-    threshold: float | None = typer.Option(None, "--threshold", help="Unsafe when P >= T."),
-    max_new_tokens: int = typer.Option(500, "--max-new-tokens", min=1),
-    image_max_pixels: int | None = typer.Option(None, "--image-max-pixels"),
-    device: str | None = typer.Option(None, "--device"),
-    dtype: str | None = typer.Option(None, "--dtype"),
-    batch_size: int = typer.Option(8, "--batch-size", "-b", min=1, help="Images per batch."),
+    spec: GuardSpec = ...,
+    batch_size: int = batch_size_option(),
     shard_size: int = typer.Option(1000, "--shard-size", min=1, help="Rows per Parquet shard."),
     workers: int = typer.Option(2, "--workers", min=1, help="Threads reading ahead."),
     dedup: bool = typer.Option(True, "--dedup/--no-dedup", help="Judge identical bytes once."),
@@ -63,7 +41,7 @@ def run(
     backend: str = typer.Option("local", "--backend", help="local or ray."),
     ray_address: str | None = typer.Option(None, "--ray-address", help="Ray cluster address."),
     ray_actors: int = typer.Option(1, "--ray-actors", min=1, help="Engine actors on Ray."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary."),
+    quiet: bool = quiet_option(),
 ) -> None:
     """Annotate a dataset into Parquet shards; rerun the same command to resume.
 
@@ -71,15 +49,11 @@ def run(
     2 for set-up errors, 130 when interrupted (the folder stays resumable).
     """
     from llavaguard.annotate import AnnotateConfig, annotate
-    from llavaguard.policy import parse_codes
 
     cfg = AnnotateConfig(
         inputs=inputs, output=output, source=source, path_column=path_column,
-        id_column=id_column, image_column=image_column, model=model, engine=engine,
-        base_url=base_url, api_key=api_key, policy=policy, allow=parse_codes(allow),
-        sensitive=parse_codes(sensitive), mode=mode, threshold=threshold,
-        max_new_tokens=max_new_tokens, image_max_pixels=image_max_pixels, device=device,
-        dtype=dtype, batch_size=batch_size, shard_size=shard_size, workers=workers,
+        id_column=id_column, image_column=image_column, guard=spec,
+        batch_size=batch_size, shard_size=shard_size, workers=workers,
         dedup=dedup, overwrite=overwrite, limit=limit, backend=backend,
         ray_address=ray_address, ray_actors=ray_actors,
     )  # fmt: skip

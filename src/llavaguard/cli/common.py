@@ -1,9 +1,15 @@
-"""Shared CLI pieces: exit codes, the stderr console, and option definitions used twice."""
+"""Shared CLI pieces: exit codes, the stderr console, loading with a spinner, progress bars.
+The options commands share are in ``llavaguard.cli.options``."""
 
 from __future__ import annotations
 
-import typer
+from contextlib import nullcontext
+from typing import TYPE_CHECKING, Any
+
 from rich.console import Console
+
+if TYPE_CHECKING:
+    from llavaguard.guard.spec import GuardSpec
 
 EXIT_OK = 0
 EXIT_SOME_FAILED = 1  # some inputs could not be assessed; their records say why
@@ -13,46 +19,10 @@ EXIT_INTERRUPTED = 130
 err_console = Console(stderr=True)
 
 
-def engine_option() -> str:
-    return typer.Option(
-        "transformers",
-        "--engine",
-        help="transformers (local) or openai (a vLLM, SGLang or llavaguard server at --base-url).",
-    )
-
-
-def base_url_option() -> str | None:
-    return typer.Option(
-        None, "--base-url", help="With --engine openai: the server, e.g. http://host:8000/v1."
-    )
-
-
-def api_key_option() -> str | None:
-    return typer.Option(
-        None,
-        "--api-key",
-        envvar="LLAVAGUARD_API_KEY",
-        show_envvar=True,
-        help="With --engine openai: the server's API key.",
-    )
-
-
-def policy_option() -> str | None:
-    return typer.Option(
-        None, "--policy", "-p", help="Built-in policy name or a YAML/JSON policy file."
-    )
-
-
-def allow_option() -> str | None:
-    return typer.Option(
-        None, "--allow", help="Category codes declared allowed (non-violating), e.g. O3,O6."
-    )
-
-
-def sensitive_option() -> str | None:
-    return typer.Option(
-        None, "--sensitive", help="Category codes declared sensitive (forbidden in full)."
-    )
+def load_with_spinner(spec: GuardSpec, quiet: bool, engine_only: bool = False) -> Any:
+    """The spec's Guard (or its engine alone), with a spinner on stderr while it loads."""
+    with nullcontext() if quiet else err_console.status(f"loading {spec.model}", spinner="dots"):
+        return spec.load_engine() if engine_only else spec.build()
 
 
 PROGRESS_MIN_IMAGES = 4

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -11,13 +12,19 @@ from llavaguard.cli.common import (
     EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_SOME_FAILED,
-    api_key_option,
-    base_url_option,
-    engine_option,
     err_console,
-    policy_option,
+    load_with_spinner,
     progress_bar,
 )
+from llavaguard.cli.options import (
+    DECODING,
+    MODEL,
+    batch_size_option,
+    guard_options,
+    quiet_option,
+    shared_option,
+)
+from llavaguard.guard.spec import GuardSpec
 
 app = typer.Typer(help="Build policy-following training sets from labelled images.",
                   no_args_is_help=True)  # fmt: skip
@@ -48,7 +55,7 @@ def build(
         help="Exports to write: hf (datasets folder with the images inside), llava, trl, "
         "sharegpt (LLaMA-Factory), labels (always written: the evaluation reads them).",
     ),
-    policy: str | None = policy_option(),
+    policy: str | None = shared_option("policy"),
 ) -> None:
     """Augment with policy exceptions, split per image, balance, and write train/test as a
     Hugging Face datasets folder, LLaVA JSON, TRL prompt/completion JSONL, LLaMA-Factory
@@ -80,7 +87,7 @@ def import_(
         "LlavaGuard annotation label space).",
     ),
     check_images: bool = typer.Option(True, "--check-images/--no-check-images"),
-    policy: str | None = policy_option(),
+    policy: str | None = shared_option("policy"),
 ) -> None:
     """Map human annotations (score words, label space) to ratings and policy categories;
     discarded and inconsistent rows are dropped and counted."""
@@ -92,6 +99,7 @@ def import_(
 
 
 @app.command("rationales", no_args_is_help=True)
+@guard_options(MODEL, ("policy",), DECODING[:-1], ("image_max_pixels",))  # no --constrain
 def rationales(
     labels: Path = typer.Argument(
         ..., help="Labelled images, as for build: image, rating, category, optional id."
@@ -103,19 +111,12 @@ def rationales(
         help="JSONL to write (resumed when it exists): the rows plus "
         "rationale, status and provenance.",
     ),
-    model: str = typer.Option(..., "--model", "-m", help="Teacher: hub id, folder or served name."),
-    engine: str = engine_option(),
-    base_url: str | None = base_url_option(),
-    api_key: str | None = api_key_option(),
-    policy: str | None = policy_option(),
-    batch_size: int = typer.Option(8, "--batch-size", "-b", min=1, help="Images per engine call."),
+    spec: GuardSpec = ...,
+    batch_size: int = batch_size_option(),
     attempts: int = typer.Option(3, "--attempts", min=1, help="Tries per image before rejecting."),
-    max_new_tokens: int = typer.Option(300, "--max-new-tokens", min=1, help="Generation limit."),
-    temperature: float = typer.Option(0.0, "--temperature", min=0.0, help="First try; 0 = greedy."),
     retry_temperature: float = typer.Option(
         0.7, "--retry-temperature", help="Retries sample at this, retry n with seed + n."
     ),
-    seed: int = typer.Option(0, "--seed", help="Seed of the first try."),
     filters: str = typer.Option(
         "repeats,length,unfinished,contradiction",
         "--filters",
@@ -134,12 +135,7 @@ def rationales(
     ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Start the output over."),
     limit: int | None = typer.Option(None, "--limit", min=1, help="Stop after N new rows."),
-    image_max_pixels: int | None = typer.Option(
-        None, "--image-max-pixels", help="Downscale images to at most this many pixels."
-    ),
-    device: str | None = typer.Option(None, "--device", help="cuda, mps, cpu (default: best)."),
-    dtype: str | None = typer.Option(None, "--dtype", help="float32, bfloat16, float16."),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    quiet: bool = quiet_option(),
 ) -> None:
     """Ask a teacher VLM to justify each image's true rating and category; filter what it
     writes; retry with sampling; append rows as they finish (rerun to resume).
@@ -147,34 +143,25 @@ def rationales(
     Exit status: 0 when every row got an answer (accepted or rejected), 1 when some failed
     (their rows in the .rejected file say why), 2 for set-up errors, 130 when interrupted.
     """
-    from contextlib import nullcontext
-
     from llavaguard.dataset.rationales import RationaleConfig, generate_rationales
-    from llavaguard.engines import Engine, load_engine
     from llavaguard.errors import ConfigError
-    from llavaguard.policy import Policy
 
+    if "model" not in spec.model_fields_set:
+        raise ConfigError("rationales need a teacher: --model (hub id, folder or served name)")
     cfg = RationaleConfig(
-        batch_size=batch_size, attempts=attempts, max_new_tokens=max_new_tokens,
-        temperature=temperature, retry_temperature=retry_temperature, seed=seed,
+        teacher=spec, batch_size=batch_size, attempts=attempts,
+        retry_temperature=retry_temperature,
         filters=[f.strip() for f in filters.split(",") if f.strip()], min_chars=min_chars,
         max_chars=max_chars, drop_rejected=drop_rejected, retry_errors=retry_errors,
-        overwrite=overwrite, limit=limit, image_max_pixels=image_max_pixels,
+        overwrite=overwrite, limit=limit,
     )  # fmt: skip
-    active = Policy.load(policy)  # fail fast, before loading the teacher
-    options: dict = {"device": device, "dtype": dtype}
-    if engine == "openai":
-        options.update(base_url=base_url, api_key=api_key, concurrency=batch_size)
-    elif base_url or api_key:
-        raise ConfigError("--base-url and --api-key go with --engine openai")
 
-    def load() -> Engine:  # only when there is work: a finished output loads no teacher
-        with err_console.status(f"loading {model}", spinner="dots") if not quiet else nullcontext():
-            return load_engine(engine, model, **options)
+    def load() -> Any:  # only when there is work: a finished output loads no teacher
+        return load_with_spinner(spec, quiet, engine_only=True)
 
     progress, on_start, on_batch = progress_bar(quiet, "rationales")
     try:
-        summary = generate_rationales(labels, output, load, policy=active, config=cfg,
+        summary = generate_rationales(labels, output, load, policy=spec.load_policy(), config=cfg,
                                       on_start=on_start, on_batch=on_batch)  # fmt: skip
     except KeyboardInterrupt:
         progress.stop()

@@ -7,7 +7,16 @@ from pathlib import Path
 
 import typer
 
-from llavaguard.cli.common import api_key_option, base_url_option, engine_option, err_console
+from llavaguard.cli.common import err_console
+from llavaguard.cli.options import (
+    DECODING,
+    JUDGING,
+    MODEL,
+    batch_size_option,
+    guard_options,
+    quiet_option,
+)
+from llavaguard.guard.spec import GuardSpec
 
 app = typer.Typer(
     help="Score a safeguard against a labelled set; compare runs.", no_args_is_help=True
@@ -15,6 +24,8 @@ app = typer.Typer(
 
 
 @app.command("run", no_args_is_help=True)
+# --seed here seeds the bootstrap and the variants; decoding stays greedy and unseeded
+@guard_options(MODEL, tuple(n for n in DECODING if n != "seed"), JUDGING)
 def run(
     labels: Path = typer.Argument(..., help="Labelled set: JSONL, CSV, Parquet or LLaVA JSON."),
     predictions: Path | None = typer.Option(
@@ -23,7 +34,6 @@ def run(
         help="Predictions to score (llavaguard assess JSONL or any "
         "table with id/image and rating).",
     ),
-    model: str | None = typer.Option(None, "--model", "-m", help="Or predict with this model."),
     output: Path = typer.Option(Path("eval-report"), "--output", "-o", help="Report folder."),
     name: str | None = typer.Option(None, "--name", help="Run name (default: folder name)."),
     variants: str | None = typer.Option(
@@ -34,18 +44,13 @@ def run(
     bootstrap: int = typer.Option(1000, "--bootstrap", help="Resamples for 95% intervals."),
     seed: int = typer.Option(0, "--seed", help="Seed for bootstrap and variants."),
     plots: bool = typer.Option(True, "--plots/--no-plots", help="Write PNG plots."),
-    mode: str = typer.Option("full", "--mode", help="With --model: full or triage."),
-    batch_size: int = typer.Option(8, "--batch-size", "-b", help="With --model: batch size."),
-    max_new_tokens: int | None = typer.Option(None, "--max-new-tokens", help="With --model."),
-    dtype: str = typer.Option("auto", "--dtype", help="With --model: auto, bfloat16, ..."),
-    device: str | None = typer.Option(None, "--device", help="With --model: cuda, cpu, ..."),
-    engine: str = engine_option(),
-    base_url: str | None = base_url_option(),
-    api_key: str | None = api_key_option(),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print no summary."),
+    spec: GuardSpec = ...,
+    batch_size: int = batch_size_option(),
+    quiet: bool = quiet_option(),
 ) -> None:
     """Evaluate predictions (from a file, or from --model) and write report.json, report.md,
-    samples.jsonl and plots/ to the output folder."""
+    samples.jsonl and plots/ to the output folder. Samples are judged under their own
+    policies, so the shared policy options are not taken here."""
     from llavaguard.cli.common import progress_bar
     from llavaguard.evaluate import EvalConfig, evaluate
     from llavaguard.evaluate.report import headline, pct
@@ -53,21 +58,14 @@ def run(
     cfg = EvalConfig(
         labels=labels,
         predictions=predictions,
-        model=model,
+        guard=spec if "model" in spec.model_fields_set else None,
         output=output,
         name=name,
         variants=[v.strip() for v in (variants or "").split(",") if v.strip()],
         bootstrap=bootstrap,
         seed=seed,
         plots=plots,
-        mode=mode,
         batch_size=batch_size,
-        max_new_tokens=max_new_tokens,
-        dtype=dtype,
-        device=device,
-        engine=engine,
-        base_url=base_url,
-        api_key=api_key,
     )
     progress, on_start, on_batch = progress_bar(quiet, "predicting")
     try:

@@ -7,7 +7,7 @@ import sys
 
 import typer
 
-from llavaguard.cli.common import allow_option, policy_option, sensitive_option
+from llavaguard.cli.options import shared_option
 
 app = typer.Typer(help="Inspect policies: the text a model reads.", no_args_is_help=True)
 
@@ -27,9 +27,9 @@ def list_policies() -> None:
 
 @app.command("show")
 def show(
-    policy: str | None = policy_option(),
-    allow: str | None = allow_option(),
-    sensitive: str | None = sensitive_option(),
+    policy: str | None = shared_option("policy"),
+    allow: str | None = shared_option("allow"),
+    sensitive: str | None = shared_option("sensitive"),
     as_json: bool = typer.Option(
         False, "--json", help="Print name, id, states, labels and text as JSON."
     ),

@@ -11,7 +11,7 @@ from llavaguard.cli.common import err_console
 
 
 def train(
-    base: str = typer.Option(..., "--base", help="Model id or folder to fine-tune."),
+    model: str = typer.Option(..., "--model", "-m", help="Model id or folder to fine-tune."),
     data: Path = typer.Option(..., "--data", help="Folder written by `llavaguard dataset build`."),
     output: Path = typer.Option(Path("llavaguard-model"), "--output", "-o"),
     method: str = typer.Option("full", "--method", help="full (the reference recipe) or lora."),
@@ -41,14 +41,14 @@ def train(
     seed: int = typer.Option(0, "--seed"),
     report_to: str = typer.Option("", "--report-to", help="e.g. tensorboard or wandb."),
 ) -> None:
-    """Fine-tune BASE on a built dataset: loss on the answer only, vision tower frozen, the
+    """Fine-tune MODEL on a built dataset: loss on the answer only, vision tower frozen, the
     reference recipe's defaults. Writes checkpoints, OUTPUT/final, train_summary.json, and with
     --merge a standalone OUTPUT/merged that `llavaguard assess` and `serve` load."""
     from llavaguard.train import TrainConfig
     from llavaguard.train import train as run
 
     cfg = TrainConfig(
-        base=base, data=data, output=output, method=method, epochs=epochs,
+        model=model, data=data, output=output, method=method, epochs=epochs,
         learning_rate=learning_rate, batch_size=batch_size,
         effective_batch_size=effective_batch_size, warmup_ratio=warmup_ratio,
         scheduler=scheduler, train_vision=train_vision, train_projector=train_projector,

@@ -34,6 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from llavaguard.dataset.build import LabelledImage, read_labelled
 from llavaguard.engines import Engine, GenerationConfig, VisionRequest, generate_isolated
 from llavaguard.errors import ConfigError, ImageError
+from llavaguard.guard.spec import GuardSpec
 from llavaguard.policy import Policy, canonical_category
 
 # ---- the teacher prompt: the only place it is written ----------------------------------------
@@ -226,12 +227,13 @@ class RationaleConfig(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
+    teacher: GuardSpec = Field(
+        default_factory=GuardSpec,
+        description="The teacher: model, engine, policy; its decoding is the first attempt's.",
+    )
     batch_size: int = Field(8, ge=1, description="Images per engine call.")
     attempts: int = Field(3, ge=1, description="Tries per image before it is rejected.")
-    max_new_tokens: int = Field(300, ge=1, description="Room for 2-4 sentences of JSON.")
-    temperature: float = Field(0.0, ge=0.0, description="First attempt; 0 is greedy.")
     retry_temperature: float = Field(0.7, gt=0.0, description="Retries sample at this.")
-    seed: int = Field(0, description="Seed of the first attempt; retry n uses seed + n.")
     filters: list[str] = Field(default_factory=lambda: list(FILTERS), description="Names.")
     min_chars: int = Field(40, ge=0, description="Shorter rationales are rejected.")
     max_chars: int = Field(1200, ge=1, description="Longer rationales are rejected.")
@@ -239,7 +241,6 @@ class RationaleConfig(BaseModel):
     retry_errors: bool = Field(False, description="Redo rows that failed in an earlier run.")
     overwrite: bool = Field(False, description="Start the output over.")
     limit: int | None = Field(None, ge=1, description="Stop after this many new rows.")
-    image_max_pixels: int | None = Field(None, ge=784, description="Downscale larger images.")
 
     @field_validator("filters")
     @classmethod
@@ -257,10 +258,12 @@ class RationaleConfig(BaseModel):
         return self
 
     def generation(self, attempt: int) -> GenerationConfig:
-        """Greedy (or as configured) first; retries sample with a new seed each."""
-        temperature = self.temperature if attempt == 1 else self.retry_temperature
-        return GenerationConfig(max_new_tokens=self.max_new_tokens, temperature=temperature,
-                                seed=self.seed + attempt - 1)  # fmt: skip
+        """The teacher's decoding (greedy by default) first; retries sample at
+        ``retry_temperature``, retry n with seed + n (seeds count from the teacher's, or 0)."""
+        first = self.teacher.generation
+        temperature = first.temperature if attempt == 1 else self.retry_temperature
+        return GenerationConfig(**{**first.model_dump(), "temperature": temperature,
+                                   "seed": (first.seed or 0) + attempt - 1})  # fmt: skip
 
 
 def rejected_path(output: str | Path) -> Path:
@@ -451,8 +454,8 @@ def _run_batch(
     for img in batch:
         try:
             pixels = load_image(img.image, name=img.id)
-            if cfg.image_max_pixels is not None:
-                pixels = fit_pixels(pixels, cfg.image_max_pixels)
+            if cfg.teacher.image_max_pixels is not None:
+                pixels = fit_pixels(pixels, cfg.teacher.image_max_pixels)
         except ImageError as e:
             finish(img, "error", str(e), 0, None)
             continue

@@ -1,47 +1,48 @@
-"""Engines run models. A registry of names keeps callers from knowing which one they hold."""
+"""Engines run models. A registry of names keeps callers from knowing which one they hold.
+
+Building an engine from options is the Guard spec's job (``llavaguard.guard.spec``); this
+package only says which engines exist and what each of them declares.
+"""
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
-
 from llavaguard.engines.base import (
     MODEL_CARD_RECIPE,
+    Capabilities,
     Engine,
+    EngineOptions,
     GenerationConfig,
+    Scored,
+    ScoreKind,
     VisionRequest,
     generate_isolated,
 )
-from llavaguard.errors import ConfigError
+from llavaguard.registry import Registry
 
-# name -> "module:Class"; modules are imported only when the engine is asked for.
-ENGINES: dict[str, str] = {
-    "transformers": "llavaguard.engines.transformers:TransformersEngine",
-    "openai": "llavaguard.engines.openai:OpenAIEngine",
-}
+# modules are imported only when the engine is asked for
+ENGINES: Registry[type[Engine]] = Registry(
+    "engine",
+    {
+        "openai": "llavaguard.engines.openai:OpenAIEngine",
+        "transformers": "llavaguard.engines.transformers:TransformersEngine",
+    },
+)
 
 
 def engine_class(name: str) -> type[Engine]:
-    try:
-        module, cls = ENGINES[name].split(":")
-    except KeyError:
-        valid = ", ".join(sorted(ENGINES))
-        raise ConfigError(f"unknown engine {name!r} (valid: {valid})") from None
-    return getattr(importlib.import_module(module), cls)
-
-
-def load_engine(name: str, model: str, **options: Any) -> Engine:
-    """Build the named engine for a model; options are the engine's own keyword arguments."""
-    return engine_class(name)(model, **options)
+    return ENGINES.get(name)
 
 
 __all__ = [
     "ENGINES",
     "MODEL_CARD_RECIPE",
+    "Capabilities",
     "Engine",
+    "EngineOptions",
     "GenerationConfig",
+    "ScoreKind",
+    "Scored",
     "VisionRequest",
     "engine_class",
     "generate_isolated",
-    "load_engine",
 ]

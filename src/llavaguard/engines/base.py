@@ -2,7 +2,8 @@
 
 Engines know nothing about policies, ratings or parsing; the Guard renders the prompt and
 reads the answer around them, once, for every engine. A new runtime (an OpenAI-compatible
-server, another library) implements ``generate`` and registers a name, nothing more.
+server, another library) declares its ``Options`` and ``Capabilities``, implements ``load``
+and ``generate`` (and ``score`` where it can), and registers a name, nothing more.
 """
 
 from __future__ import annotations
@@ -10,11 +11,13 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from llavaguard.errors import EngineError
+from llavaguard.errors import ConfigError, EngineError
+from llavaguard.models import ModelSpec
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -28,6 +31,8 @@ class VisionRequest:
     images: tuple[Image.Image, ...] = field(default_factory=tuple)
     system: str | None = None
     prefix: str = ""  # the start of the assistant's answer, taken as given (teacher-forced)
+    # a handle from ``Engine.score`` on this prompt: the engine may continue from it
+    prefill: Any = field(default=None, compare=False, repr=False)
 
 
 class GenerationConfig(BaseModel):
@@ -64,15 +69,66 @@ MODEL_CARD_RECIPE = GenerationConfig(
 )
 
 
+class ScoreKind(StrEnum):
+    """What an engine can score after a prefix."""
+
+    NONE = "none"  # text only
+    RATING = "rating"  # the rating position's top log-probabilities (one position)
+    EXACT = "exact"  # any continuation, every token of it (whole category labels)
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What an engine can do beyond generating text; callers ask this, never the class."""
+
+    scores: ScoreKind = ScoreKind.NONE
+    batch_prefill: bool = False  # several prompts prefilled in one pass pays off
+    top_logprobs: bool = False  # top-k next-token log-probabilities (the server's chat API)
+
+
+@dataclass(frozen=True)
+class Scored:
+    """One request's continuation log-probabilities, and the prefill that produced them.
+
+    ``prefill`` is an engine-private handle: hand it back on the request that continues the
+    same prompt (``VisionRequest.prefill``) and the engine skips that prompt's prefill. The
+    caller owns it, so no engine keeps caches keyed by anything that could be reused.
+    """
+
+    logprobs: list[float]
+    prefill: Any = None
+
+
+class EngineOptions(BaseModel):
+    """An engine's own options; each engine declares a strict subclass as ``Options``.
+
+    Fields typed ``SecretStr`` (keys, tokens) are left out of every record written.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
 class Engine(ABC):
-    """A loaded model that answers batches of vision requests."""
+    """A loaded model that answers batches of vision requests.
+
+    The contract, after lm-evaluation-harness's ``LM``: batches in, lists out, in order.
+    ``generate`` is required; ``score`` and ``top_logprobs`` exist where ``capabilities`` says
+    so. ``load`` builds an engine from a model id and the engine's declared ``Options``.
+    """
 
     name: ClassVar[str]
+    Options: ClassVar[type[EngineOptions]] = EngineOptions
     model_id: str
-    # False where an engine can score the rating but not whole category labels (a remote
-    # server gives top log-probabilities of one position only); the Guard then asks for
-    # the two ratings alone and leaves category_scores empty.
-    scores_categories: ClassVar[bool] = True
+    # what is known about the model (family, the system prompt it was trained with); None
+    # for an engine that knows nothing, e.g. a scripted one in a test
+    spec: ModelSpec | None = None
+    capabilities: Capabilities = Capabilities()
+
+    @classmethod
+    def load(cls, model: str, options: EngineOptions) -> Engine:
+        """Build the engine for a model (hub id, folder, or served name); what the registry
+        and the Guard spec call. An engine built in memory only need not have it."""
+        raise ConfigError(f"engine {cls.name} cannot be loaded by name")
 
     @abstractmethod
     def generate(
@@ -82,18 +138,21 @@ class Engine(ABC):
 
     def score(
         self, requests: Sequence[VisionRequest], continuations: Sequence[str]
-    ) -> list[list[float]]:
+    ) -> list[Scored]:
         """Log-probability of each continuation right after each request's prefix.
 
         A continuation's log-probability is the sum over its tokens, so labels that split into
-        several tokens compare fairly. Engines that cannot score raise NotImplementedError,
-        and callers then go without scores.
+        several tokens compare fairly. With ``ScoreKind.RATING`` only the first position is
+        known. Raises EngineError where the engine cannot score (see ``capabilities``).
         """
-        raise NotImplementedError(f"engine {self.name} gives no scores")
+        raise EngineError(f"engine {self.name} gives no scores")
 
-    @property
-    def can_score(self) -> bool:
-        return type(self).score is not Engine.score
+    def top_logprobs(
+        self, requests: Sequence[VisionRequest], k: int
+    ) -> list[list[tuple[str, float]]]:
+        """The ``k`` most likely next tokens after each request's prompt and prefix, with
+        their log-probabilities: what an OpenAI-style ``top_logprobs`` reports."""
+        raise EngineError(f"engine {self.name} gives no top log-probabilities")
 
     def close(self) -> None:
         """Release memory or connections; the engine is unusable afterwards."""

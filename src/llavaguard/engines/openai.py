@@ -6,8 +6,8 @@ under the system prompt when there is one. Structured output goes through ``resp
 assistant message with ``continue_final_message``, which vLLM, SGLang and our server take.
 
 Scores: the server's ``top_logprobs`` at the rating position give P(Unsafe). One position is
-all a chat API gives, so whole category labels cannot be scored here (``scores_categories`` is
-False); a server that returns no log-probabilities makes the Guard go without scores.
+all a chat API gives, so whole category labels cannot be scored here (``ScoreKind.RATING``);
+a server that returns no log-probabilities makes the Guard go without scores.
 
 This module knows HTTP, retries and payloads; nothing about policies or answers.
 """
@@ -22,10 +22,22 @@ import random
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from typing import Any, ClassVar
 
-from llavaguard.engines.base import Engine, GenerationConfig, VisionRequest
+from pydantic import Field, SecretStr
+
+from llavaguard.engines.base import (
+    Capabilities,
+    Engine,
+    EngineOptions,
+    GenerationConfig,
+    Scored,
+    ScoreKind,
+    VisionRequest,
+)
 from llavaguard.errors import ConfigError, EngineError
+from llavaguard.models import describe_model
 
 log = logging.getLogger(__name__)
 
@@ -41,48 +53,49 @@ def data_url(image: Any, fmt: str = "PNG") -> str:
     return f"data:{mime};base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
+class OpenAIOptions(EngineOptions):
+    """Where the server is and how hard to try."""
+
+    base_url: str = Field(description="The server, e.g. http://127.0.0.1:8000/v1.")
+    api_key: SecretStr | None = Field(None, description="The server's API key.")
+    concurrency: int = Field(8, ge=1, description="Requests in flight at once.")
+    timeout: float = Field(300.0, gt=0, description="Seconds for one request.")
+    max_retries: int = Field(4, ge=0, description="Retries on 429, 5xx and lost connections.")
+    backoff: float = Field(0.5, ge=0, description="First retry's wait; doubles each retry.")
+    image_format: str = Field("PNG", description="How images are encoded in data URLs.")
+    logprobs: bool = Field(True, description="Ask for log-probabilities (rating scores).")
+
+
 class OpenAIEngine(Engine):
     """Chat completions against ``base_url`` (e.g. ``http://127.0.0.1:8000/v1``)."""
 
     name: ClassVar[str] = "openai"
-    scores_categories: ClassVar[bool] = False
+    Options: ClassVar[type[EngineOptions]] = OpenAIOptions
 
-    def __init__(
-        self,
-        model: str,
-        *,
-        base_url: str | None = None,
-        api_key: str | None = None,
-        concurrency: int = 8,
-        timeout: float = 300.0,
-        max_retries: int = 4,
-        backoff: float = 0.5,
-        image_format: str = "PNG",
-        **ignored: Any,
-    ) -> None:
+    def __init__(self, model: str, options: OpenAIOptions) -> None:
         import httpx
 
-        if not base_url:
-            raise ConfigError("the openai engine needs --base-url (e.g. http://127.0.0.1:8000/v1)")
-        if concurrency < 1:
-            raise ConfigError(f"concurrency must be at least 1, got {concurrency}")
-        unknown = {k: v for k, v in ignored.items() if v is not None and v != "auto"}
-        if unknown:
-            raise ConfigError(f"the openai engine does not take {', '.join(sorted(unknown))}")
         self.model_id = model
-        self.base_url = base_url.rstrip("/")
-        self.max_retries = max_retries
-        self.backoff = backoff
-        self.image_format = image_format
-        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self.spec = describe_model(model)
+        self.options = options
+        self.base_url = options.base_url.rstrip("/")
+        key = options.api_key.get_secret_value() if options.api_key else None
         self._client = httpx.Client(
             base_url=self.base_url,
-            headers=headers,
-            timeout=httpx.Timeout(timeout, connect=10.0),
-            limits=httpx.Limits(max_connections=concurrency),
+            headers={"Authorization": f"Bearer {key}"} if key else {},
+            timeout=httpx.Timeout(options.timeout, connect=10.0),
+            limits=httpx.Limits(max_connections=options.concurrency),
         )
-        self._pool = ThreadPoolExecutor(concurrency, thread_name_prefix="llavaguard-http")
-        self._no_logprobs = False
+        self._pool = ThreadPoolExecutor(options.concurrency, thread_name_prefix="llavaguard-http")
+        self.capabilities = Capabilities(
+            scores=ScoreKind.RATING if options.logprobs else ScoreKind.NONE
+        )
+
+    @classmethod
+    def load(cls, model: str, options: EngineOptions | None = None) -> OpenAIEngine:
+        if options is None or not getattr(options, "base_url", None):
+            raise ConfigError("the openai engine needs --base-url (e.g. http://127.0.0.1:8000/v1)")
+        return cls(model, OpenAIOptions.model_validate(options, from_attributes=True))
 
     # ---- payloads -------------------------------------------------------------------------
     def _messages(self, request: VisionRequest) -> list[dict[str, Any]]:
@@ -90,7 +103,7 @@ class OpenAIEngine(Engine):
         if request.system:
             messages.append({"role": "system", "content": request.system})
         content: list[dict[str, Any]] = [
-            {"type": "image_url", "image_url": {"url": data_url(img, self.image_format)}}
+            {"type": "image_url", "image_url": {"url": data_url(img, self.options.image_format)}}
             for img in request.images
         ]
         content.append({"type": "text", "text": request.text})
@@ -130,12 +143,12 @@ class OpenAIEngine(Engine):
         """POST /chat/completions with retries on 429, 5xx and connection errors."""
         import httpx
 
-        for attempt in range(self.max_retries + 1):
-            wait = self.backoff * 2**attempt * (0.5 + random.random())
+        for attempt in range(self.options.max_retries + 1):
+            wait = self.options.backoff * 2**attempt * (0.5 + random.random())
             try:
                 r = self._client.post("/chat/completions", json=body)
             except httpx.HTTPError as e:
-                if attempt == self.max_retries:
+                if attempt == self.options.max_retries:
                     raise EngineError(f"{self.base_url}: {e.__class__.__name__}: {e}") from e
                 time.sleep(wait)
                 continue
@@ -144,7 +157,7 @@ class OpenAIEngine(Engine):
                     return r.json()
                 except ValueError as e:
                     raise EngineError(f"{self.base_url}: reply is not JSON") from e
-            if r.status_code in RETRY_STATUS and attempt < self.max_retries:
+            if r.status_code in RETRY_STATUS and attempt < self.options.max_retries:
                 retry_after = r.headers.get("retry-after", "")
                 time.sleep(float(retry_after) if retry_after.isdigit() else wait)
                 continue
@@ -170,49 +183,49 @@ class OpenAIEngine(Engine):
 
     def score(
         self, requests: Sequence[VisionRequest], continuations: Sequence[str]
-    ) -> list[list[float]]:
+    ) -> list[Scored]:
         """Log-probabilities of the continuations from the top log-probabilities the server
         gives for the one position after the prefix.
 
         A token counts toward a continuation when one is a prefix of the other (a label may be
         one token, or start with one); a continuation with no such token among the top ones
         gets the smallest log-probability shown (an upper bound). With none of them there,
-        the request has no score (EngineError), though its answer still counts.
+        the request has no score (EngineError), though its answer still counts. A server
+        that refuses log-probabilities narrows ``capabilities`` to no scores, once.
         """
-        if self._no_logprobs:
-            raise NotImplementedError("the server gives no log-probabilities")
+        if self.capabilities.scores is ScoreKind.NONE:
+            raise EngineError(f"{self.base_url}: gives no log-probabilities")
+        try:
+            tops = self._top(requests, TOP_LOGPROBS)
+        except EngineError as e:
+            if "HTTP 400" in str(e) or "HTTP 422" in str(e):  # the server refuses the options
+                self._no_scores(str(e))
+            raise
+        return [Scored(_continuation_logprobs(self.base_url, top, continuations)) for top in tops]
+
+    def top_logprobs(
+        self, requests: Sequence[VisionRequest], k: int
+    ) -> list[list[tuple[str, float]]]:
+        return self._top(requests, k)
+
+    def _top(self, requests: Sequence[VisionRequest], k: int) -> list[list[tuple[str, float]]]:
         bodies = []
         for r in requests:
             body = self._payload(r, GenerationConfig(max_new_tokens=1))
-            body.update(logprobs=True, top_logprobs=TOP_LOGPROBS)
+            body.update(logprobs=True, top_logprobs=k)
             bodies.append(body)
-        try:
-            replies = self._map(bodies)
-        except EngineError as e:
-            if "HTTP 400" in str(e) or "HTTP 422" in str(e):  # the server refuses the options
-                log.warning("no scores from %s: %s", self.base_url, e)
-                self._no_logprobs = True
-                raise NotImplementedError(str(e)) from e
-            raise
         out = []
-        for reply in replies:
+        for reply in self._map(bodies):
             top = _top_logprobs(reply)
             if top is None:
-                self._no_logprobs = True
-                raise NotImplementedError("the server gives no log-probabilities")
-            floor = min(lp for _, lp in top)
-            row, found = [], 0
-            for c in continuations:
-                hits = [lp for tok, lp in top if tok and (c.startswith(tok) or tok.startswith(c))]
-                found += bool(hits)
-                row.append(_logsumexp(hits) if hits else floor)
-            if not found:
-                raise EngineError(
-                    f"{self.base_url}: none of {', '.join(continuations)} is among the top "
-                    f"{len(top)} tokens the server gives"
-                )
-            out.append(row)
+                self._no_scores("the reply carries no log-probabilities")
+                raise EngineError(f"{self.base_url}: gives no log-probabilities")
+            out.append(top)
         return out
+
+    def _no_scores(self, why: str) -> None:
+        log.warning("no scores from %s: %s", self.base_url, why)
+        self.capabilities = replace(self.capabilities, scores=ScoreKind.NONE)
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
@@ -225,6 +238,23 @@ def _top_logprobs(reply: dict[str, Any]) -> list[tuple[str, float]] | None:
         return [(t["token"], float(t["logprob"])) for t in first["top_logprobs"]] or None
     except (KeyError, IndexError, TypeError, ValueError):
         return None
+
+
+def _continuation_logprobs(
+    where: str, top: list[tuple[str, float]], continuations: Sequence[str]
+) -> list[float]:
+    floor = min(lp for _, lp in top)
+    row, found = [], 0
+    for c in continuations:
+        hits = [lp for tok, lp in top if tok and (c.startswith(tok) or tok.startswith(c))]
+        found += bool(hits)
+        row.append(_logsumexp(hits) if hits else floor)
+    if not found:
+        raise EngineError(
+            f"{where}: none of {', '.join(continuations)} is among the top {len(top)} tokens "
+            "the server gives"
+        )
+    return row
 
 
 def _logsumexp(values: list[float]) -> float:

@@ -12,13 +12,23 @@ import copy
 import inspect
 import logging
 import time
-from collections import OrderedDict
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, ClassVar, Self
 
-from llavaguard.engines.base import Engine, GenerationConfig, VisionRequest
+from pydantic import Field, SecretStr
+
+from llavaguard.engines.base import (
+    Capabilities,
+    Engine,
+    EngineOptions,
+    GenerationConfig,
+    Scored,
+    ScoreKind,
+    VisionRequest,
+)
 from llavaguard.errors import ConfigError, EngineError, ModelLoadError
-from llavaguard.models import family_from_config, resolve_model, spec_for
+from llavaguard.models import ModelSpec, describe_model, resolve_model
 
 log = logging.getLogger(__name__)
 
@@ -110,67 +120,67 @@ def use_float32_decode_attention(model: Any) -> bool:
     return True
 
 
+class TransformersOptions(EngineOptions):
+    """How to load a model with transformers."""
+
+    device: str | None = Field(None, description="cuda, mps, cpu (default: the best there is).")
+    dtype: str | None = Field(
+        None, description="float32, bfloat16, float16 (default: by device; auto the same)."
+    )
+    token: SecretStr | None = Field(None, description="Hub token for gated weights.")
+    revision: str | None = Field(None, description="Hub revision (branch, tag, commit).")
+    local_files_only: bool | None = Field(None, description="Never download (default: HF env).")
+    trust_remote_code: bool = Field(False, description="Run a model repository's own code.")
+
+
 class TransformersEngine(Engine):
     name: ClassVar[str] = "transformers"
-    PREFILLS_KEPT = 16  # scored prefills kept for reuse by the answers (one batch's worth)
+    Options: ClassVar[type[EngineOptions]] = TransformersOptions
 
-    def __init__(
-        self,
-        model: str,
-        *,
-        device: str | None = None,
-        dtype: str | None = None,
-        token: str | None = None,
-        revision: str | None = None,
-        local_files_only: bool | None = None,
-        trust_remote_code: bool = False,
-    ) -> None:
-        self.model_id = model
-        path = resolve_model(
-            model, token=token, revision=revision, local_files_only=local_files_only
-        )
-        spec = spec_for(model)
-        self.family = spec.family if spec else family_from_config(path)
-        from transformers import AutoModelForImageTextToText, AutoProcessor
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()  # our own progress bar is the one on stderr
-
-        self.device = pick_device(device)
-        self.dtype = pick_dtype(self.device, dtype)
-        started = time.perf_counter()
-        try:
-            self.processor = AutoProcessor.from_pretrained(
-                path, trust_remote_code=trust_remote_code
-            )
-            self.model = AutoModelForImageTextToText.from_pretrained(
-                path, dtype=self.dtype, trust_remote_code=trust_remote_code
-            )
-        except Exception as e:
-            raise ModelLoadError(f"{model}: cannot load ({_one_line(e)})") from e
-        self.model.to(self.device)
-        self._attach()
-        log.info(
-            "loaded %s (%s) on %s as %s in %.1fs",
-            model, self.family, self.device, str(self.dtype).removeprefix("torch."),
-            time.perf_counter() - started,
-        )  # fmt: skip
-
-    @classmethod
-    def from_loaded(cls, model: Any, processor: Any, model_id: str, family: str = "") -> Self:
-        """An engine over a model already in memory (a model being trained, for one): it is
-        used as it is, on its own device and dtype, and put back in training mode by the
-        caller."""
-        self = cls.__new__(cls)
-        self.model_id, self.family = model_id, family
+    def __init__(self, model: Any, processor: Any, spec: ModelSpec) -> None:
+        """An engine over a model already in memory, used as it is, on its own device and
+        dtype (``load`` reads one from disk; training wraps the model it is training)."""
+        self.model_id, self.spec = spec.id, spec
+        self.family = spec.family
         self.model, self.processor = model, processor
         first = next(model.parameters())
         self.device, self.dtype = str(first.device), first.dtype
         self._attach()
-        return self
+
+    @classmethod
+    def load(cls, model: str, options: EngineOptions | None = None) -> Self:
+        opts = TransformersOptions.model_validate(options or {}, from_attributes=True)
+        token = opts.token.get_secret_value() if opts.token else None
+        path = resolve_model(
+            model, token=token, revision=opts.revision, local_files_only=opts.local_files_only
+        )
+        spec = describe_model(model, path)
+        from transformers import AutoModelForImageTextToText, AutoProcessor
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # our own progress bar is the one on stderr
+        device = pick_device(opts.device)
+        dtype = pick_dtype(device, opts.dtype)
+        started = time.perf_counter()
+        try:
+            processor = AutoProcessor.from_pretrained(
+                path, trust_remote_code=opts.trust_remote_code
+            )
+            loaded = AutoModelForImageTextToText.from_pretrained(
+                path, dtype=dtype, trust_remote_code=opts.trust_remote_code
+            )
+        except Exception as e:
+            raise ModelLoadError(f"{model}: cannot load ({_one_line(e)})") from e
+        engine = cls(loaded.to(device), processor, spec)
+        log.info(
+            "loaded %s (%s) on %s as %s in %.1fs",
+            model, spec.family, device, str(dtype).removeprefix("torch."),
+            time.perf_counter() - started,
+        )  # fmt: skip
+        return engine
 
     def _attach(self) -> None:
-        """Set-up shared by loading and ``from_loaded``."""
+        """Put the model in inference shape and find what this transformers calls things."""
         import torch
 
         self.model.eval()
@@ -187,8 +197,10 @@ class TransformersEngine(Engine):
         takes = inspect.signature(inner.forward).parameters
         self._cache_kw = "cache" if "cache" in takes else "past_key_values"
         self._grammar_cache: Any = None
-        self._prefills: OrderedDict[tuple, Any] = OrderedDict()
-        self.batch_prefill = self.device != "cpu"  # see score()
+        # batched prefill pays on accelerators only (see score())
+        self.capabilities = Capabilities(
+            scores=ScoreKind.EXACT, batch_prefill=self.device != "cpu", top_logprobs=True
+        )
         self.generated_tokens = 0  # a running count, for benchmarks
 
     # ------------------------------------------------------------------------------------
@@ -233,7 +245,7 @@ class TransformersEngine(Engine):
         if (
             len(requests) > 1
             and self.device == "cpu"
-            and all(self._has_prefill(r) for r in requests)
+            and all(r.prefill is not None for r in requests)
         ):
             # On a CPU, skipping each prefill saves more than batching the decode steps does.
             return [text for r in requests for text in self.generate([r], config)]
@@ -252,7 +264,7 @@ class TransformersEngine(Engine):
                     )
                 ]
             inputs = self._inputs(requests)
-            cache = self._reusable(requests[0], inputs["input_ids"]) if len(requests) == 1 else None
+            cache = _reusable(requests[0], inputs) if len(requests) == 1 else None
             if cache is not None:  # the image and policy are already in the cache
                 inputs = {
                     "input_ids": inputs["input_ids"],
@@ -313,25 +325,26 @@ class TransformersEngine(Engine):
 
     def score(
         self, requests: Sequence[VisionRequest], continuations: Sequence[str]
-    ) -> list[list[float]]:
+    ) -> list[Scored]:
         """One prefill per request, then every continuation at once on the shared KV cache.
 
-        One request is prefilled alone and its cache kept for the answer that follows; several
-        are prefilled as one left-padded batch (triage: no answer follows) where that pays
-        (``batch_prefill``: accelerators). On a CPU a long prefill is compute-bound at batch 1
-        already, and padding rows to the longest makes a batch slower than its parts
-        (measured: 0.7x on the 0.5B architecture), so there requests go one at a time.
+        One request is prefilled alone and its cache handed back (``Scored.prefill``) for the
+        answer that follows; several are prefilled as one left-padded batch (triage: no answer
+        follows) where that pays (``capabilities.batch_prefill``: accelerators). On a CPU a
+        long prefill is compute-bound at batch 1 already, and padding rows to the longest makes
+        a batch slower than its parts (measured: 0.7x on the 0.5B architecture), so there
+        requests go one at a time.
         """
         try:
-            if len(requests) > 1 and self.batch_prefill:
-                return self._score_batch(requests, continuations)
+            if len(requests) > 1 and self.capabilities.batch_prefill:
+                return [Scored(row) for row in self._score_batch(requests, continuations)]
             return [self._score_one(r, continuations) for r in requests]
         except EngineError:
             raise
         except Exception as e:
             raise EngineError(f"{self.model_id}: scoring failed ({_one_line(e)})") from e
 
-    def _score_one(self, request: VisionRequest, continuations: Sequence[str]) -> list[float]:
+    def _score_one(self, request: VisionRequest, continuations: Sequence[str]) -> Scored:
         """Prefill once; then every continuation in one more forward pass, as a token tree.
 
         Continuations that start with the same token usually share more (the rating, then
@@ -345,18 +358,19 @@ class TransformersEngine(Engine):
         with torch.inference_mode():
             inputs = self._inputs([request])
             out = self.model(**inputs, use_cache=True, logits_to_keep=1)
-            self._remember(request, inputs["input_ids"], getattr(out, self._cache_kw))
+            cache = getattr(out, self._cache_kw)
+            prefill = _Prefill(request.prefix, inputs["input_ids"], inputs.get("pixel_values"),
+                               copy.deepcopy(cache))  # fmt: skip
             first = torch.log_softmax(out.logits[0, -1].float(), dim=-1)
             totals = [first[o[0]].item() for o in options]
             multi = [i for i, o in enumerate(options) if len(o) > 1]
             if not multi:
-                return totals
+                return Scored(totals, prefill)
             tree = _TokenTree(options, multi)
-            cache = copy.deepcopy(getattr(out, self._cache_kw))
             logp = self._extend_tree(cache, tree, inputs["attention_mask"])[0]
         for i, targets in tree.targets.items():
             totals[i] += sum(logp[pos, tok].item() for pos, tok in targets)
-        return totals
+        return Scored(totals, prefill)
 
     def _score_batch(
         self, requests: Sequence[VisionRequest], continuations: Sequence[str]
@@ -364,7 +378,7 @@ class TransformersEngine(Engine):
         torch = self._torch
         prefixes = {r.prefix for r in requests}
         if len(prefixes) > 1:  # continuations are tokenized after the prefix: one at a time
-            return [self._score_one(r, continuations) for r in requests]
+            return [self._score_one(r, continuations).logprobs for r in requests]
         options = self._continuation_tokens(requests[0].prefix, continuations)
         with torch.inference_mode():
             inputs = self._inputs(requests)
@@ -381,9 +395,15 @@ class TransformersEngine(Engine):
                 row[i] += sum(logp[b, pos, tok].item() for pos, tok in targets)
         return totals
 
-    def top_logprobs(self, request: VisionRequest, k: int) -> list[tuple[str, float]]:
-        """The ``k`` most likely next tokens after the request's prompt and prefix, with their
-        log-probabilities: what an OpenAI-style ``top_logprobs`` reports for one position."""
+    def top_logprobs(
+        self, requests: Sequence[VisionRequest], k: int
+    ) -> list[list[tuple[str, float]]]:
+        """The ``k`` most likely next tokens after each request's prompt and prefix, with
+        their log-probabilities: what an OpenAI-style ``top_logprobs`` reports for one
+        position. One prefill per request (see ``score`` for why not a batch on CPUs)."""
+        return [self._top_one(r, k) for r in requests]
+
+    def _top_one(self, request: VisionRequest, k: int) -> list[tuple[str, float]]:
         torch = self._torch
         try:
             with torch.inference_mode():
@@ -428,42 +448,45 @@ class TransformersEngine(Engine):
         )
         return torch.log_softmax(out.logits.float(), dim=-1)
 
-    # ---- reusing a scored prefill for the answer ---------------------------------------
-    def _remember(self, request: VisionRequest, input_ids: Any, cache: Any) -> None:
-        """Keep scored prefills so the answers to the same requests skip their prefill."""
-        self._prefills[_request_key(request)[:-1]] = (
-            request.prefix,
-            input_ids,
-            copy.deepcopy(cache),
-        )
-        while len(self._prefills) > self.PREFILLS_KEPT:
-            self._prefills.popitem(last=False)
-
-    def _has_prefill(self, request: VisionRequest) -> bool:
-        entry = self._prefills.get(_request_key(request)[:-1])
-        return entry is not None and request.prefix.startswith(entry[0])
-
-    def _reusable(self, request: VisionRequest, input_ids: Any) -> Any:
-        entry = self._prefills.get(_request_key(request)[:-1])
-        if entry is None:
-            return None
-        prefix, cached_ids, cache = entry
-        n = cached_ids.shape[1]
-        if not request.prefix.startswith(prefix) or input_ids.shape[1] <= n:
-            return None
-        if not self._torch.equal(input_ids[:, :n], cached_ids):
-            return None
-        del self._prefills[_request_key(request)[:-1]]  # a cache is used up by its answer
-        return cache
-
     def close(self) -> None:
         self.model = None  # type: ignore[assignment]
         if self.device.startswith("cuda"):
             self._torch.cuda.empty_cache()
 
 
-def _request_key(r: VisionRequest) -> tuple:
-    return (r.text, r.system, tuple(id(im) for im in r.images), r.prefix)
+@dataclass(frozen=True)
+class _Prefill:
+    """A scored prompt's KV cache, handed to the caller by ``score`` and back by the request
+    that continues it; checked against the request's tokens and pixels before it is used
+    (image placeholders are the same tokens for any image of one size)."""
+
+    prefix: str
+    input_ids: Any
+    pixel_values: Any
+    cache: Any
+
+
+def _reusable(request: VisionRequest, inputs: Any) -> Any:
+    """The cache of the prefill this request carries, when it is one of this very prompt
+    (same tokens and pixels, the answer continuing the scored prefix); None otherwise."""
+    handle = request.prefill
+    if not isinstance(handle, _Prefill):
+        return None
+    input_ids = inputs["input_ids"]
+    n = handle.input_ids.shape[1]
+    if not request.prefix.startswith(handle.prefix) or input_ids.shape[1] <= n:
+        return None
+    if not bool((input_ids[:, :n] == handle.input_ids).all()):
+        return None
+    pixels = inputs.get("pixel_values")
+    same = (pixels is None) == (handle.pixel_values is None) and (
+        pixels is None
+        or (
+            pixels.shape == handle.pixel_values.shape
+            and bool((pixels == handle.pixel_values).all())
+        )
+    )
+    return copy.deepcopy(handle.cache) if same else None  # generation extends it in place
 
 
 class _TokenTree:

@@ -7,11 +7,10 @@ the optional model run and the writing around it.
 from __future__ import annotations
 
 import datetime as _dt
-import json
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -24,6 +23,7 @@ from llavaguard.evaluate.data import (
     load_labels,
     load_predictions,
 )
+from llavaguard.guard.spec import GuardSpec
 
 SCHEMA_VERSION = 1
 
@@ -35,7 +35,7 @@ class EvalConfig(BaseModel):
 
     labels: Path = Field(description="Labelled set: JSONL, CSV, Parquet or LLaVA JSON.")
     predictions: Path | None = Field(None, description="Predictions file to score.")
-    model: str | None = Field(None, description="Or: a model id or folder to predict with.")
+    guard: GuardSpec | None = Field(None, description="Or: the safeguard to predict with.")
     output: Path = Field(Path("eval-report"), description="Folder for the report files.")
     name: str | None = Field(None, description="Run name in reports (default: output folder).")
     variants: list[str] = Field(
@@ -46,23 +46,15 @@ class EvalConfig(BaseModel):
     seed: int = Field(0, description="Seed for bootstrap and variant generation.")
     bins: int = Field(10, ge=2, description="Calibration bins.")
     plots: bool = Field(True, description="Write PNG plots.")
-    # engine options, used with --model only
-    mode: Literal["full", "triage"] = "full"
-    batch_size: int = Field(8, ge=1)
-    max_new_tokens: int | None = None
-    dtype: str = "auto"
-    device: str | None = None
-    engine: str = Field("transformers", description="transformers, or openai (a server).")
-    base_url: str | None = Field(None, description="With engine openai: the server's URL.")
-    api_key: str | None = Field(None, description="With engine openai: the server's key.")
+    batch_size: int = Field(8, ge=1, description="With a guard: images per engine batch.")
 
     @model_validator(mode="after")
     def _one_source(self) -> EvalConfig:
         from llavaguard.errors import ConfigError
 
-        if (self.predictions is None) == (self.model is None):
+        if (self.predictions is None) == (self.guard is None):
             raise ConfigError("give either a predictions file or a model, not both or neither")
-        if self.variants and self.model is None:
+        if self.variants and self.guard is None:
             raise ConfigError(
                 "policy variants need a model to judge them (or write them with "
                 "'llavaguard evaluate variants' and predict them yourself)"
@@ -181,16 +173,13 @@ def predict(
     on_start: Callable[[int], None] | None = None,
     on_batch: Callable[[int], None] | None = None,
 ) -> tuple[list[Prediction], dict[str, Any]]:
-    """Judge every sample under its own policy with ``cfg.model``.
+    """Judge every sample under its own policy with ``cfg.guard``.
 
     Samples are grouped by policy so each group runs in batches. Each answer is appended to
     ``output/predictions.jsonl`` as it comes; a rerun keeps the answers already there (same
     sample id, same policy, a rating given) and judges only the rest, so an interrupted run
     loses nothing and a rerun retries what failed.
     """
-    from llavaguard.engines import GenerationConfig
-    from llavaguard.guard import Guard
-
     cfg.output.mkdir(parents=True, exist_ok=True)
     path = cfg.output / PREDICTIONS_FILE
     done: dict[str, Prediction] = {}
@@ -204,24 +193,18 @@ def predict(
             if p.rating is not None and p.policy_id == policy_of.get(p.id):
                 done[p.id] = p
     todo = [s for s in samples if s.id not in done]
-    info = {"model": cfg.model, "engine": None, "mode": cfg.mode, "reused": len(done)}
+    spec = cfg.guard
+    assert spec is not None  # EvalConfig makes sure
+    info = {"model": spec.model, "engine": None, "mode": spec.mode, "reused": len(done)}
     if todo:
-        gen = GenerationConfig(
-            **({"max_new_tokens": cfg.max_new_tokens} if cfg.max_new_tokens else {})
-        )
-        remote = {"base_url": cfg.base_url, "api_key": cfg.api_key}
-        guard = Guard.from_pretrained(
-            cfg.model, engine=cfg.engine, dtype=cfg.dtype, device=cfg.device, generation=gen,
-            mode=cfg.mode, **({k: v for k, v in remote.items() if v} if cfg.engine == "openai"
-                              else {}),
-        )  # fmt: skip
+        guard = spec.build()
         info["engine"] = guard.engine.name
         groups: dict[str, list[LabelledSample]] = defaultdict(list)
         for s in todo:
             groups[s.policy.id].append(s)
         if on_start is not None:
             on_start(len(todo))
-        with path.open("a", encoding="utf-8") as out:
+        with guard, path.open("a", encoding="utf-8") as out:
             for group in groups.values():
                 for p in _judge(guard, group, cfg.batch_size, on_batch):
                     done[p.id] = p
@@ -254,6 +237,13 @@ def _judge(
         )  # fmt: skip
 
 
+def config_record(cfg: EvalConfig) -> dict[str, Any]:
+    """The run's settings as reports store them: the guard by its record (secrets masked)."""
+    data = cfg.model_dump(mode="json", exclude={"guard"})
+    data["guard"] = cfg.guard.record() if cfg.guard is not None else None
+    return data
+
+
 def evaluate(
     cfg: EvalConfig | None = None,
     *,
@@ -261,7 +251,7 @@ def evaluate(
     on_batch: Callable[[int], None] | None = None,
     **kw: Any,
 ) -> dict[str, Any]:
-    """Score predictions (from a file or from ``cfg.model``) against labels and write
+    """Score predictions (from a file or from ``cfg.guard``) against labels and write
     report.json, report.md, samples.jsonl and plots/ to ``cfg.output``. Returns the report."""
     from llavaguard import __version__
     from llavaguard.evaluate.report import write_reports
@@ -272,7 +262,7 @@ def evaluate(
     if cfg.variants:
         samples = samples + make_variants(samples, cfg.variants, seed=cfg.seed)
     source: dict[str, Any]
-    if cfg.model is not None:
+    if cfg.guard is not None:
         predictions, source = predict(samples, cfg, on_start, on_batch)
     else:
         assert cfg.predictions is not None
@@ -287,7 +277,7 @@ def evaluate(
         "labels": str(cfg.labels),
         **source,
         "policies": sorted({r.sample.policy.describe() for r in rows}),
-        "config": json.loads(cfg.model_dump_json()),
+        "config": config_record(cfg),
         **compute(rows, bootstrap=cfg.bootstrap, seed=cfg.seed, bins=cfg.bins),
     }
     write_reports(report, rows, cfg.output, plots=cfg.plots)

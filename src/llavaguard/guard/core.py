@@ -19,18 +19,17 @@ from typing import Any, overload
 from llavaguard.engines import (
     Engine,
     GenerationConfig,
+    Scored,
+    ScoreKind,
     VisionRequest,
     generate_isolated,
-    load_engine,
 )
 from llavaguard.errors import ConfigError, EngineError, ImageError
 from llavaguard.guard.assessment import Assessment
 from llavaguard.guard.scoring import RATINGS, Scores, continuations, scores_from_logprobs
 from llavaguard.inputs.images import ImageLimits, fit_pixels, load_image, source_id
-from llavaguard.models import DEFAULT_MODEL, spec_for
+from llavaguard.models import DEFAULT_MODEL
 from llavaguard.policy import Policy, answer_prefix, parse_answer
-
-_AUTO: Any = object()
 
 
 class Mode(StrEnum):
@@ -80,7 +79,6 @@ class Guard:
         *,
         policy: Policy | str | Path | None = None,
         generation: GenerationConfig | None = None,
-        system_prompt: str | None = _AUTO,
         image_limits: ImageLimits | None = None,
         mode: str = "full",
         threshold: float | None = None,
@@ -89,6 +87,8 @@ class Guard:
         rationale_max_chars: int = 2000,
         image_max_pixels: int | None = None,
     ) -> None:
+        """Wrap an engine. Build Guards from options with ``GuardSpec``; this constructor
+        takes objects that already exist (an engine, a policy)."""
         self.engine = engine
         try:
             self.mode = Mode(mode)
@@ -97,7 +97,7 @@ class Guard:
         if threshold is not None and not 0.0 < threshold < 1.0:
             raise ConfigError(f"threshold must be between 0 and 1, got {threshold}")
         if self.mode is Mode.TRIAGE and not (
-            scores and engine.can_score and engine.scores_categories
+            scores and engine.capabilities.scores is ScoreKind.EXACT
         ):
             raise ConfigError(
                 f"triage mode needs rating and category scores, which engine {engine.name} "
@@ -116,44 +116,25 @@ class Guard:
             raise ConfigError(f"image_max_pixels must be at least 784, got {image_max_pixels}")
         self.image_max_pixels = image_max_pixels
         self.policy = Policy.load(policy)
-        if system_prompt is _AUTO:
-            spec = spec_for(engine.model_id)
-            system_prompt = spec.system_prompt if spec else None
-        self.system_prompt = system_prompt
         self.image_limits = image_limits or ImageLimits()
 
+    @property
+    def system_prompt(self) -> str | None:
+        """The system prompt the model was trained with (its spec's), if any."""
+        spec = self.engine.spec
+        return spec.system_prompt if spec is not None else None
+
     @classmethod
-    def from_pretrained(
-        cls,
-        model: str = DEFAULT_MODEL,
-        *,
-        engine: str = "transformers",
-        policy: Policy | str | Path | None = None,
-        generation: GenerationConfig | None = None,
-        system_prompt: str | None = _AUTO,
-        image_limits: ImageLimits | None = None,
-        mode: str = "full",
-        threshold: float | None = None,
-        constrained: bool = True,
-        scores: bool = True,
-        image_max_pixels: int | None = None,
-        **engine_options: Any,
-    ) -> Guard:
-        """Load a model (hub id or folder) into the named engine and wrap it."""
-        if mode not in {m.value for m in Mode}:
-            raise ConfigError(f"unknown mode {mode!r} (valid: full, triage)")
-        return cls(
-            load_engine(engine, model, **engine_options),
-            policy=policy,
-            generation=generation,
-            system_prompt=system_prompt,
-            image_limits=image_limits,
-            mode=mode,
-            threshold=threshold,
-            constrained=constrained,
-            scores=scores,
-            image_max_pixels=image_max_pixels,
-        )
+    def from_pretrained(cls, model: str = DEFAULT_MODEL, **options: Any) -> Guard:
+        """Load a model (hub id or folder) and wrap it: the ``GuardSpec`` of these options,
+        built. Keywords that are not the spec's fields (device, dtype, base_url, ...) are the
+        engine's own options, checked by the engine's ``Options``."""
+        from llavaguard.guard.spec import GuardSpec
+
+        fields = {k: v for k, v in options.items() if k in GuardSpec.model_fields}
+        engine_options = {k: v for k, v in options.items() if k not in fields}
+        engine_options.update(fields.pop("engine_options", {}))
+        return GuardSpec(model=model, engine_options=engine_options, **fields).build()
 
     # ------------------------------------------------------------------------------------
     @overload
@@ -265,62 +246,72 @@ class Guard:
         return out
 
     def _assess_loaded(self, loaded: list[tuple[str, Any]], policy: Policy) -> list[Assessment]:
-        ok = [i for i, (_, img) in enumerate(loaded) if not isinstance(img, Exception)]
+        """Records for a decoded batch, in order: scores first, then the answers."""
+        results: dict[int, Assessment] = {
+            i: self._record(image_id, policy, error=str(img))
+            for i, (image_id, img) in enumerate(loaded)
+            if isinstance(img, Exception)
+        }
+        ok = [i for i in range(len(loaded)) if i not in results]
         base = [
             VisionRequest(text=policy.text, images=(loaded[i][1],), system=self.system_prompt)
             for i in ok
         ]
-        scores = self._scores(base, policy)
-        results: dict[int, Assessment] = {}
-        to_generate: list[tuple[int, VisionRequest, Scores | None]] = []
-        unscored: dict[int, str] = {}
-        for i, request, score in zip(ok, base, scores, strict=True):
-            if isinstance(score, Exception) and self.mode is Mode.TRIAGE:
-                results[i] = self._record(loaded[i][0], policy, error=str(score))
-            elif isinstance(score, Exception):  # the answer is still worth having
-                unscored[i] = f"no score: {score}"
-                to_generate.append((i, request, None))
+        to_generate: list[tuple[int, VisionRequest, Scores | None, str | None]] = []
+        for i, request, scored in zip(ok, base, self._scores(base, policy), strict=True):
+            image_id = loaded[i][0]
+            if isinstance(scored, Exception) and self.mode is Mode.TRIAGE:
+                results[i] = self._record(image_id, policy, error=str(scored))
+            elif isinstance(scored, Exception):  # the answer is still worth having
+                to_generate.append((i, request, None, f"no score: {scored}"))
             elif self.mode is Mode.TRIAGE:
-                results[i] = self._triage_record(loaded[i][0], policy, score)
+                results[i] = self._triage_record(image_id, policy, scored[0])
             else:
-                to_generate.append((i, self._answer_request(request, score), score))
-        answers = self._generate([r for _, r, _ in to_generate], policy)
-        for (i, request, score), answer in zip(to_generate, answers, strict=True):
-            if isinstance(answer, Exception):
-                results[i] = self._record(loaded[i][0], policy, error=str(answer))
-            else:
-                record = self._full_record(loaded[i][0], policy, request.prefix + answer, score)
-                if i in unscored and record.error is None:
-                    record = record.model_copy(update={"error": unscored[i]})
-                results[i] = record
-        for i, (image_id, img) in enumerate(loaded):
-            if isinstance(img, Exception):
-                results[i] = self._record(image_id, policy, error=str(img))
+                score, handle = scored if scored is not None else (None, None)
+                to_generate.append((i, self._answer_request(request, score, handle), score, None))
+        answers = self._generate([r for _, r, _, _ in to_generate], policy)
+        for (i, request, score, unscored), answer in zip(to_generate, answers, strict=True):
+            results[i] = self._answer_record(loaded[i][0], policy, request, answer, score, unscored)
         return [results[i] for i in range(len(loaded))]
+
+    def _answer_record(
+        self,
+        image_id: str,
+        policy: Policy,
+        request: VisionRequest,
+        answer: str | Exception,
+        score: Scores | None,
+        unscored: str | None,
+    ) -> Assessment:
+        if isinstance(answer, Exception):
+            return self._record(image_id, policy, error=str(answer))
+        record = self._full_record(image_id, policy, request.prefix + answer, score)
+        if unscored is not None and record.error is None:
+            record = record.model_copy(update={"error": unscored})
+        return record
 
     # ---- scores ----------------------------------------------------------------------------
     def _scores(self, requests: list[VisionRequest], policy: Policy) -> list[Any]:
-        """Scores per request (None without a scoring engine, or the error it raised)."""
-        if not self.scores or not self.engine.can_score:
+        """Scored per request (None without scores, or the error the engine raised)."""
+        kind = self.engine.capabilities.scores
+        if not self.scores or kind is ScoreKind.NONE:
             return [None] * len(requests)
         rated = [replace(r, prefix=answer_prefix()) for r in requests]
-        conts = continuations(policy) if self.engine.scores_categories else list(RATINGS)
+        conts = continuations(policy) if kind is ScoreKind.EXACT else list(RATINGS)
         if self.mode is Mode.TRIAGE and len(rated) > 1:  # no answer follows: one batch
             try:
-                logprobs = self.engine.score(rated, conts)
-                return [scores_from_logprobs(policy, lp) for lp in logprobs]
-            except NotImplementedError:
-                return [None] * len(requests)
+                return [(scores_from_logprobs(policy, s.logprobs), s)
+                        for s in self.engine.score(rated, conts)]  # fmt: skip
             except EngineError:
                 pass  # find the request at fault: one at a time below
         out: list[Any] = []
         for r in rated:  # the engine prefills once per request anyway; errors stay per image
             try:
-                (logprobs,) = self.engine.score([r], conts)
-                out.append(scores_from_logprobs(policy, logprobs))
-            except NotImplementedError:  # e.g. a server that gives no log-probabilities
-                return [None] * len(requests)
+                (scored,) = self.engine.score([r], conts)
+                out.append((scores_from_logprobs(policy, scored.logprobs), scored))
             except EngineError as e:
+                if self.engine.capabilities.scores is ScoreKind.NONE:  # the server refused
+                    return [None] * len(requests)
                 out.append(e)
         return out
 
@@ -328,12 +319,16 @@ class Guard:
         rating = score.rating(self.threshold if self.threshold is not None else 0.5)
         return rating, score.best_category(rating)
 
-    def _answer_request(self, request: VisionRequest, score: Scores | None) -> VisionRequest:
+    def _answer_request(
+        self, request: VisionRequest, score: Scores | None, scored: Scored | None
+    ) -> VisionRequest:
         """Greedy, constrained and scored: rating and category are the scores' choice (the
-        whole-label argmax), and the model writes the rationale for them."""
+        whole-label argmax), and the model writes the rationale for them, continuing from the
+        scored prefill where the engine handed one back."""
         greedy = not self.generation.do_sample and self.generation.num_beams == 1
         if score is not None and score.category_scores and self.constrained and greedy:
-            return replace(request, prefix=answer_prefix(*self._decided(score)))
+            prefill = scored.prefill if scored is not None else None
+            return replace(request, prefix=answer_prefix(*self._decided(score)), prefill=prefill)
         return request
 
     # ---- generation ------------------------------------------------------------------------

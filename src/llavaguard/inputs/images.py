@@ -27,9 +27,9 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from PIL import Image
-from pydantic import BaseModel, ConfigDict, Field
 
 from llavaguard.errors import ImageError
+from llavaguard.inputs.limits import ImageLimits
 
 ImageSource = str | os.PathLike | bytes | Image.Image
 
@@ -60,19 +60,6 @@ IMAGE_EXTENSIONS: frozenset[str] = frozenset(
     + ([".avif"] if "AVIF" in _FORMATS else [])
     + ([".heic"] if "HEIF" in _FORMATS else [])
 )
-
-
-class ImageLimits(BaseModel):
-    """Limits applied before decoding; the defaults admit any real photo.
-
-    Pillow's own ``Image.MAX_IMAGE_PIXELS`` (about 89 M) still applies on top of
-    ``max_pixels``: raise it too to go beyond.
-    """
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    max_bytes: int = Field(64 * 1024 * 1024, ge=1, description="Largest file or byte string.")
-    max_pixels: int = Field(80_000_000, ge=1, description="Largest width x height.")
 
 
 # ---- loading ------------------------------------------------------------------------------

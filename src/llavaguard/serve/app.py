@@ -94,7 +94,7 @@ class Service:
             config = GenerationConfig.model_validate_json(key[1])
             return generate_isolated(engine, payloads, config)
         if kind == "top":
-            return [engine.top_logprobs(p, key[1]) for p in payloads]
+            return engine.top_logprobs(payloads, key[1])
         raise AssertionError(kind)
 
     async def submit(self, key: tuple, payload: Any) -> Any:
@@ -167,7 +167,7 @@ def create_app(config: ServeConfig | None = None, guard: Guard | None = None) ->
     async def lifespan(app: FastAPI):
         g = guard
         if g is None:
-            g = await run_in_threadpool(load_guard, config)
+            g = await run_in_threadpool(config.guard.build)
         service = Service(config, g)
         service.batcher.start()
         app.state.service = service
@@ -189,24 +189,6 @@ def create_app(config: ServeConfig | None = None, guard: Guard | None = None) ->
     install_error_handlers(app)
     install_routes(app, config)
     return app
-
-
-def load_guard(config: ServeConfig) -> Guard:
-    from llavaguard.engines import GenerationConfig
-    from llavaguard.guard import Guard
-    from llavaguard.policy import Policy
-
-    return Guard.from_pretrained(
-        config.model,
-        engine=config.engine,
-        policy=Policy.load(config.policy, allow=config.allow, sensitive=config.sensitive),
-        generation=GenerationConfig(max_new_tokens=config.max_new_tokens),
-        mode=config.mode,
-        threshold=config.threshold,
-        image_max_pixels=config.image_max_pixels,
-        device=config.device,
-        dtype=config.dtype,
-    )
 
 
 def service_of(request: Request) -> Service:
@@ -359,7 +341,7 @@ def install_routes(app: FastAPI, config: ServeConfig) -> None:
         want_top = body.logprobs and (body.top_logprobs or 0) > 0 and config.max_new_tokens == 1
         logprobs = None
         if want_top:
-            if not hasattr(s.guard.engine, "top_logprobs"):
+            if not s.guard.engine.capabilities.top_logprobs:
                 raise ApiError(400, f"engine {s.guard.engine.name} gives no log-probabilities")
             top = await s.submit(("top", body.top_logprobs), vision)
             text = top[0][0]
@@ -463,7 +445,9 @@ async def chat_inputs(s: Service, body: ChatRequest) -> tuple[Any, Any]:
             raise ApiError(400, f"response_format type {kind!r} is not supported")
     try:
         config = GenerationConfig(
-            max_new_tokens=body.max_completion_tokens or body.max_tokens or s.config.max_new_tokens,
+            max_new_tokens=body.max_completion_tokens
+            or body.max_tokens
+            or s.config.guard.generation.max_new_tokens,
             min_new_tokens=body.min_tokens,
             temperature=body.temperature,
             top_p=body.top_p if sampling else 1.0,

@@ -4,28 +4,19 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from llavaguard.models import DEFAULT_MODEL
+from llavaguard.guard.spec import GuardSpec
 
 
 class ServeConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    model: str = Field(DEFAULT_MODEL, description="Hub id or local folder to serve.")
-    engine: str = Field("transformers", description="Engine that runs the model.")
-    device: str | None = Field(None, description="cuda, mps, cpu (default: best).")
-    dtype: str | None = Field(None, description="float32, bfloat16, float16 (default: by device).")
+    guard: GuardSpec = Field(
+        default_factory=GuardSpec,
+        description="The safeguard served; its policy is what /v1/assess and /v1/moderations "
+        "judge by default.",
+    )
     host: str = Field("127.0.0.1", description="Address to listen on.")
     port: int = Field(8000, ge=0, le=65535, description="Port (0: any free port).")
-    # what /v1/assess and /v1/moderations judge by default
-    policy: str | None = Field(None, description="Default policy: built-in name or file.")
-    allow: list[str] = Field(default_factory=list, description="Default allowed codes.")
-    sensitive: list[str] = Field(default_factory=list, description="Default sensitive codes.")
-    mode: str = Field("full", description="full (rationale) or triage (scores only).")
-    threshold: float | None = Field(None, description="Unsafe when P(Unsafe) >= threshold.")
-    max_new_tokens: int = Field(500, ge=1, description="Answer length limit.")
-    image_max_pixels: int | None = Field(
-        None, description="Downscale images to this many pixels before the model (faster)."
-    )
     # batching
     max_batch_size: int = Field(8, ge=1, description="Most requests in one engine batch.")
     max_wait_ms: float = Field(10.0, ge=0, description="How long a batch waits to fill.")

@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from llavaguard.errors import ConfigError
+from llavaguard.guard.spec import GuardSpec
 
 # The reference recipe (section 6): the language model fully fine-tuned, vision tower and
 # projector frozen, lr 1e-5, 3 epochs, cosine, 3 % warm-up, effective batch about 125.
@@ -21,7 +22,7 @@ LANGUAGE_LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_pro
 class TrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    base: str = Field(description="Model id or folder to fine-tune.")
+    model: str = Field(description="Model id or folder to fine-tune.")
     data: Path = Field(description="Dataset folder written by `llavaguard dataset build`.")
     output: Path = Field(Path("llavaguard-model"), description="Folder for checkpoints and model.")
     method: Literal["full", "lora"] = Field("full", description="full (the reference) or lora.")
@@ -40,6 +41,11 @@ class TrainConfig(BaseModel):
     lora_targets: list[str] = Field(list(LANGUAGE_LINEARS), description="Language-model linears.")
     eval_steps: int | None = Field(None, ge=1, description="Default: about 10 per run.")
     eval_samples: int = Field(128, ge=0, description="Test samples scored for rating accuracy.")
+    evaluation: GuardSpec = Field(
+        default_factory=lambda: GuardSpec(mode="triage"),
+        description="How the in-loop evaluation judges the test samples (its model is the one "
+        "being trained; model and engine fields are not used).",
+    )
     save_steps: int | None = Field(None, ge=1, description="Default: as eval_steps.")
     save_total_limit: int = Field(2, ge=1)
     logging_steps: int = Field(10, ge=1)

@@ -19,7 +19,14 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from llavaguard.errors import ConfigError
-from llavaguard.models import MODEL_CARD_FILE, family_from_config, resolve_model, spec_for
+from llavaguard.guard.spec import GuardSpec
+from llavaguard.models import (
+    MODEL_CARD_FILE,
+    ModelSpec,
+    family_from_config,
+    resolve_model,
+    spec_for,
+)
 from llavaguard.train.config import TrainConfig
 
 log = logging.getLogger(__name__)
@@ -145,18 +152,18 @@ def _trainer_class() -> type:
         """SFTTrainer that also scores held-out samples as a safeguard at each evaluation."""
 
         guard_samples: ClassVar[list[Any]] = []
-        guard_system: str | None = None
+        guard_spec: GuardSpec | None = None  # how to judge; set by train()
+        guard_model: ModelSpec | None = None  # the trained model's family and system prompt
 
         def evaluate(self, *args: Any, **kwargs: Any) -> dict[str, float]:
             metrics = super().evaluate(*args, **kwargs)
-            if not self.guard_samples or self.args.world_size > 1:
+            if not self.guard_samples or self.args.world_size > 1 or self.guard_spec is None:
                 return metrics  # the scorer runs one process on one unwrapped model
             from llavaguard.engines.transformers import TransformersEngine
-            from llavaguard.guard import Guard
 
             model = self.accelerator.unwrap_model(self.model)
-            engine = TransformersEngine.from_loaded(model, self.processing_class, "training")
-            guard = Guard(engine, mode="triage", system_prompt=self.guard_system)
+            engine = TransformersEngine(model, self.processing_class, self.guard_model)
+            guard = self.guard_spec.build(engine=engine)
             try:
                 extra = {
                     f"eval_{k}": v for k, v in guard_metrics(guard, self.guard_samples).items()
@@ -177,8 +184,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     from transformers import AutoModelForImageTextToText, AutoProcessor
     from trl import SFTConfig
 
-    base_path = resolve_model(cfg.base)
-    spec = spec_for(cfg.base)
+    base_path = resolve_model(cfg.model)
+    spec = spec_for(cfg.model)
     family = spec.family if spec else family_from_config(base_path)
     system = (spec.system_prompt if spec else None) if cfg.system_prompt == "auto" else (
         cfg.system_prompt or None)  # fmt: skip
@@ -247,7 +254,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     )
     trainable = trainable_parameters(trainer.model)
     trainer.guard_samples = _eval_samples(cfg.data, cfg.eval_samples, cfg.seed)
-    trainer.guard_system = system
+    trainer.guard_spec = cfg.evaluation
+    trainer.guard_model = ModelSpec(id="training", family=family, size="", system_prompt=system)
     resume = None
     if cfg.resume:
         from transformers.trainer_utils import get_last_checkpoint
@@ -261,7 +269,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     if has_eval and not final:  # the last step was not an evaluation step
         final = trainer.evaluate()
 
-    card = {"base": cfg.base, "family": family, "system_prompt": system, "method": cfg.method,
+    card = {"base": cfg.model, "family": family, "system_prompt": system, "method": cfg.method,
             "size": spec.size if spec else ""}  # fmt: skip
     adapter_dir = cfg.output / "final"
     trainer.save_model(str(adapter_dir))
