@@ -58,13 +58,14 @@ def worker(spec: dict) -> dict:
     """Run one configuration over the images; report seconds per image and peak memory."""
     import torch
 
-    from llavaguard import Guard
+    from llavaguard import GuardSpec
     from llavaguard.engines import GenerationConfig
 
     cfg = dict(spec["config"])
     generation = GenerationConfig(**cfg.pop("generation", {}))
     started = time.perf_counter()
-    guard = Guard.from_pretrained(spec["model"], device="cpu", generation=generation, **cfg)
+    guard = GuardSpec(model=spec["model"], engine_options={"device": "cpu"},
+                      generation=generation, **cfg).build()  # fmt: skip
     load_s = time.perf_counter() - started
     images = spec["images"]
     engine = guard.engine

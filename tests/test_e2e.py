@@ -113,7 +113,7 @@ def test_bad_files_get_records_and_exit_1(tiny_model, photos, tmp_path):
 
 
 def test_python_api_matches_cli(tiny_model, photos, tmp_path):
-    from llavaguard import Guard
+    from llavaguard import GuardSpec
     from llavaguard.engines import GenerationConfig
 
     files = sorted(str(p) for p in photos.glob("*.*") if p.suffix != ".txt")
@@ -122,7 +122,7 @@ def test_python_api_matches_cli(tiny_model, photos, tmp_path):
         "assess", *files, "--model", str(tiny_model), "--max-new-tokens", "16", "-o", str(out)
     )
     assert res.returncode == 0, res.stderr
-    guard = Guard.from_pretrained(str(tiny_model), generation=GenerationConfig(max_new_tokens=16))
+    guard = GuardSpec(model=str(tiny_model), generation=GenerationConfig(max_new_tokens=16)).build()
     api = guard.assess(files, batch_size=4)
     cli = read_jsonl(out)
     assert [a.model_dump(mode="json") for a in api] == cli
@@ -159,7 +159,7 @@ def test_hundreds_of_broken_files_through_the_cli(tmp_path, tmp_path_factory):
 
 def test_decoding_options_and_dtype(tmp_path_factory, photos):
     """Sampling repeats with a seed, beams run, and bfloat16 on the CPU works."""
-    from llavaguard import Guard
+    from llavaguard import Guard, GuardSpec
     from llavaguard.engines import GenerationConfig
 
     model = tmp_path_factory.mktemp("decode") / "m"
@@ -168,12 +168,13 @@ def test_decoding_options_and_dtype(tmp_path_factory, photos):
     build_tiny_model(model, "qwen2.5-vl")
     files = sorted(str(p) for p in photos.glob("*.jpg"))
     sampled = GenerationConfig(max_new_tokens=12, temperature=0.9, top_p=0.95, top_k=50, seed=7)
-    guard = Guard.from_pretrained(str(model), generation=sampled)
+    guard = GuardSpec(model=str(model), generation=sampled).build()
     first = [a.raw for a in guard.assess(files)]
     assert [a.raw for a in guard.assess(files)] == first
     beams = Guard(guard.engine, generation=GenerationConfig(max_new_tokens=12, num_beams=2),
                   constrained=False)  # fmt: skip
     assert all(isinstance(a.raw, str) for a in beams.assess(files))
-    bf16 = Guard.from_pretrained(str(model), dtype="bfloat16", device="cpu")
+    bf16_cpu = {"dtype": "bfloat16", "device": "cpu"}
+    bf16 = GuardSpec(model=str(model), engine_options=bf16_cpu).build()
     assert str(bf16.engine.dtype) == "torch.bfloat16"
     assert isinstance(bf16.assess(files[0]).raw, str)

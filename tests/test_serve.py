@@ -245,7 +245,7 @@ def test_official_openai_client_chat_and_moderations(setup):
 def test_remote_engine_matches_the_local_engine(setup, tmp_path):
     """`llavaguard assess --engine openai` against the server: the same answers as the
     local engine decoding the same way, and the same P(Unsafe)."""
-    from llavaguard import Guard
+    from llavaguard import Guard, GuardSpec
     from llavaguard.engines import GenerationConfig
 
     photos = [str(p) for p in setup["photos"]]
@@ -255,10 +255,10 @@ def test_remote_engine_matches_the_local_engine(setup, tmp_path):
                   "-o", str(out))  # fmt: skip
     assert res.returncode == 0, res.stderr
     remote = [json.loads(line) for line in out.read_text().splitlines()]
-    local_guard = Guard.from_pretrained(
-        str(setup["model"]), generation=GenerationConfig(max_new_tokens=80), dtype="float32",
-        device="cpu",
-    )  # fmt: skip
+    local_guard = GuardSpec(
+        model=str(setup["model"]), generation=GenerationConfig(max_new_tokens=80),
+        engine_options={"dtype": "float32", "device": "cpu"},
+    ).build()  # fmt: skip
     unforced = Guard(local_guard.engine, generation=GenerationConfig(max_new_tokens=80),
                      scores=False)  # fmt: skip
     local = unforced.assess(photos)

@@ -222,6 +222,7 @@ def annotate(
 ) -> Summary:
     """Annotate ``cfg.inputs`` into ``cfg.output``; resumes an unfinished run."""
     from llavaguard import __version__
+
     cfg = cfg or AnnotateConfig(**kw)
     policy = cfg.guard.load_policy()
     store = ResultStore(cfg.output)

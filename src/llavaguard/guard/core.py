@@ -28,7 +28,6 @@ from llavaguard.errors import ConfigError, EngineError, ImageError
 from llavaguard.guard.assessment import Assessment
 from llavaguard.guard.scoring import RATINGS, Scores, continuations, scores_from_logprobs
 from llavaguard.inputs.images import ImageLimits, fit_pixels, load_image, source_id
-from llavaguard.models import DEFAULT_MODEL
 from llavaguard.policy import Policy, answer_prefix, parse_answer
 
 
@@ -123,18 +122,6 @@ class Guard:
         """The system prompt the model was trained with (its spec's), if any."""
         spec = self.engine.spec
         return spec.system_prompt if spec is not None else None
-
-    @classmethod
-    def from_pretrained(cls, model: str = DEFAULT_MODEL, **options: Any) -> Guard:
-        """Load a model (hub id or folder) and wrap it: the ``GuardSpec`` of these options,
-        built. Keywords that are not the spec's fields (device, dtype, base_url, ...) are the
-        engine's own options, checked by the engine's ``Options``."""
-        from llavaguard.guard.spec import GuardSpec
-
-        fields = {k: v for k, v in options.items() if k in GuardSpec.model_fields}
-        engine_options = {k: v for k, v in options.items() if k not in fields}
-        engine_options.update(fields.pop("engine_options", {}))
-        return GuardSpec(model=model, engine_options=engine_options, **fields).build()
 
     # ------------------------------------------------------------------------------------
     @overload
