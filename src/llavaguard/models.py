@@ -152,35 +152,53 @@ def resolve_model(
     if spec is not None and not spec.transformers:
         raise ModelLoadError(f"{model}: cannot be loaded with transformers ({spec.note})")
 
-    from huggingface_hub import constants, snapshot_download
-    from huggingface_hub import errors as hf_errors
+    from huggingface_hub import constants
 
     offline = local_files_only if local_files_only is not None else constants.HF_HUB_OFFLINE
-    patterns = ["*.json", "*.safetensors", "*.txt", "*.model", "*.jinja", "*.tiktoken", "*.py"]
-    try:
-        return Path(
-            snapshot_download(
-                model,
-                revision=revision,
-                token=token,
-                local_files_only=True,
-                allow_patterns=patterns,
-            )
-        )
-    except (hf_errors.LocalEntryNotFoundError, hf_errors.OfflineModeIsEnabled, OSError):
-        pass
-    except hf_errors.HFValidationError as e:
-        raise ModelLoadError(f"{model!r} is neither a model folder nor a hub id ({e})") from e
+    cached = _download(model, revision, token, local_only=True)
+    if cached is not None:
+        return cached
     if offline:
         raise ModelLoadError(
             f"model {model} is not in the local cache and offline mode is on; download it "
             "first or pass a local folder with --model DIR"
         )
+    path = _download(model, revision, token, local_only=False)
+    assert path is not None  # a failed download raises
+    return path
+
+
+_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model", "*.jinja", "*.tiktoken", "*.py"]
+
+
+def _download(
+    model: str, revision: str | None, token: str | bool | None, local_only: bool
+) -> Path | None:
+    """The snapshot folder: from the cache alone (None when it is not there), or downloaded
+    (every failure one line that says what to do)."""
+    from huggingface_hub import errors as hf_errors
+    from huggingface_hub import snapshot_download
+
+    if local_only:
+        try:
+            return Path(
+                snapshot_download(
+                    model,
+                    revision=revision,
+                    token=token,
+                    local_files_only=True,
+                    allow_patterns=_PATTERNS,
+                )
+            )
+        except (hf_errors.LocalEntryNotFoundError, hf_errors.OfflineModeIsEnabled, OSError):
+            return None
+        except hf_errors.HFValidationError as e:
+            raise ModelLoadError(f"{model!r} is neither a model folder nor a hub id ({e})") from e
     hint = _access_hint(model)
     try:
         return Path(
             snapshot_download(
-                model, revision=revision, token=token, allow_patterns=patterns, etag_timeout=10
+                model, revision=revision, token=token, allow_patterns=_PATTERNS, etag_timeout=10
             )
         )
     except hf_errors.GatedRepoError as e:

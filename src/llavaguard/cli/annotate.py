@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from llavaguard.cli.common import EXIT_OK, EXIT_SOME_FAILED, err_console
+from llavaguard.cli.common import EXIT_OK, EXIT_SOME_FAILED, err_console, progress_bar, resumable
 from llavaguard.cli.options import ALL, batch_size_option, guard_options, quiet_option
 from llavaguard.guard.spec import GuardSpec
 
@@ -57,39 +57,9 @@ def run(
         dedup=dedup, overwrite=overwrite, limit=limit, backend=backend,
         ray_address=ray_address, ray_actors=ray_actors,
     )  # fmt: skip
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )  # fmt: skip
-
-    progress = Progress(
-        "[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
-        TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TimeRemainingColumn(),
-        console=err_console, disable=quiet,
-    )  # fmt: skip
-    task = progress.add_task("annotating", total=None, rate="")
-
-    def on_start(total: int | None) -> None:
-        progress.update(task, total=total)
-        progress.start()
-
-    def on_batch(n: int) -> None:
-        progress.advance(task, n)
-        speed = progress.tasks[0].speed
-        progress.update(task, rate=f"{speed:.2f}/s" if speed else "")
-
-    try:
+    progress, on_start, on_batch = progress_bar(quiet, "annotating", rate=True)
+    with resumable(progress, output):
         summary = annotate(cfg, on_start=on_start, on_batch=on_batch)
-    except KeyboardInterrupt:
-        progress.stop()
-        err_console.print(f"interrupted; rerun the same command to resume ({output})")
-        raise typer.Exit(130) from None
-    finally:
-        progress.stop()
     if not quiet:
         err_console.print(summary.line(), highlight=False)
     raise typer.Exit(EXIT_SOME_FAILED if summary.failed else EXIT_OK)

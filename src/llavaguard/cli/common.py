@@ -3,9 +3,11 @@ The options commands share are in ``llavaguard.cli.options``."""
 
 from __future__ import annotations
 
-from contextlib import nullcontext
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from typing import TYPE_CHECKING, Any
 
+import typer
 from rich.console import Console
 
 if TYPE_CHECKING:
@@ -28,28 +30,53 @@ def load_with_spinner(spec: GuardSpec, quiet: bool, engine_only: bool = False) -
 PROGRESS_MIN_IMAGES = 4
 
 
-def progress_bar(quiet: bool, label: str):
-    """(progress, on_start(total), on_batch(n)): a bar on stderr, shown only when there are
-    more than a few images."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+def progress_bar(quiet: bool, label: str, *, rate: bool = False) -> tuple[Any, Any, Any]:
+    """(progress, on_start(total), on_batch(n)): a bar on stderr. A plain bar shows only for
+    more than a few images; with ``rate`` (long runs whose total may be unknown) it always
+    shows, with the speed and the time elapsed."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
+    extra = [TextColumn("{task.fields[rate]}"), TimeElapsedColumn()] if rate else []
     progress = Progress(
         "[progress.description]{task.description}",
         BarColumn(),
         MofNCompleteColumn(),
+        *extra,
         TimeRemainingColumn(),
         console=err_console,
         transient=False,
     )
-    task: list[int] = []
+    task: list[Any] = []
 
-    def on_start(total: int) -> None:
-        if not quiet and total >= PROGRESS_MIN_IMAGES:
+    def on_start(total: int | None) -> None:
+        if not quiet and (rate or (total or 0) >= PROGRESS_MIN_IMAGES):
             progress.start()
-            task.append(progress.add_task(label, total=total))
+            task.append(progress.add_task(label, total=total, rate=""))
 
     def on_batch(n: int) -> None:
         if task:
             progress.advance(task[0], n)
+            speed = progress.tasks[0].speed if rate else None
+            progress.update(task[0], rate=f"{speed:.2f}/s" if speed else "")
 
     return progress, on_start, on_batch
+
+
+@contextmanager
+def resumable(progress: Any, output: Any) -> Iterator[None]:
+    """Stop the bar however the run ends; Ctrl-C says how to resume and exits 130."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        progress.stop()
+        err_console.print(f"interrupted; rerun the same command to resume ({output})")
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+    finally:
+        progress.stop()

@@ -9,12 +9,11 @@ from typing import Any
 import typer
 
 from llavaguard.cli.common import (
-    EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_SOME_FAILED,
-    err_console,
     load_with_spinner,
     progress_bar,
+    resumable,
 )
 from llavaguard.cli.options import (
     DECODING,
@@ -160,14 +159,8 @@ def rationales(
         return load_with_spinner(spec, quiet, engine_only=True)
 
     progress, on_start, on_batch = progress_bar(quiet, "rationales")
-    try:
+    with resumable(progress, output):
         summary = generate_rationales(labels, output, load, policy=spec.load_policy(), config=cfg,
                                       on_start=on_start, on_batch=on_batch)  # fmt: skip
-    except KeyboardInterrupt:
-        progress.stop()
-        err_console.print(f"interrupted; rerun the same command to resume ({output})")
-        raise typer.Exit(EXIT_INTERRUPTED) from None
-    finally:
-        progress.stop()
     typer.echo(json.dumps(summary, indent=2))
     raise typer.Exit(EXIT_SOME_FAILED if summary["errors"] else EXIT_OK)

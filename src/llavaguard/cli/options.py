@@ -86,6 +86,10 @@ POLICY = ("policy", "allow", "sensitive")
 DECODING = ("max_new_tokens", "temperature", "top_p", "top_k", "num_beams", "seed", "constrain")
 JUDGING = ("mode", "threshold", "image_max_pixels", "max_pixels", "max_file_mb")
 ALL = MODEL + POLICY + DECODING + JUDGING
+for _panel, _group in (("Model", MODEL), ("Policy", POLICY), ("Decoding", DECODING),
+                       ("Judging", JUDGING)):  # fmt: skip
+    for _name in _group:  # --help shows the shared options in the same groups everywhere
+        OPTIONS[_name][1].rich_help_panel = _panel
 
 
 def shared_option(name: str) -> Any:

@@ -69,9 +69,20 @@ def _ci(report: dict[str, Any], how: str, key: str) -> str:
 
 
 def markdown(report: dict[str, Any], plots: Sequence[str] = ()) -> str:
+    """report.md: the headline both ways of counting invalid answers, slices, scores,
+    policy generalisation and the plots, in that order."""
+    lines = _intro(report) + _headline(report) + _slices(report) + _scores(report)
+    lines += _generalisation(report)
+    if plots:
+        lines += ["", "## Plots", ""]
+        lines += [f"![{Path(p).stem}]({p})" for p in plots]
+    return "\n".join(lines) + "\n"
+
+
+def _intro(report: dict[str, Any]) -> list[str]:
     o = report["overall"]
     src = report.get("model") or report.get("predictions")
-    lines = [
+    return [
         f"# Evaluation: {report['name']}",
         "",
         f"Labels `{report['labels']}`, predictions from `{src}`"
@@ -82,6 +93,12 @@ def markdown(report: dict[str, Any], plots: Sequence[str] = ()) -> str:
         f"{o['invalid']} without a rating (missing or unreadable), {o['incomplete']} incomplete "
         f"answers, {o['policy_mismatch']} judged under a different policy than labelled.",
         "",
+    ]
+
+
+def _headline(report: dict[str, Any]) -> list[str]:
+    o = report["overall"]
+    lines = [
         "## Headline",
         "",
         "Positive class = Unsafe. *Excluded*: answers without a rating left out, as the "
@@ -105,56 +122,62 @@ def markdown(report: dict[str, Any], plots: Sequence[str] = ()) -> str:
     r = o["rating"]["excluded"]
     lines += ["", f"Confusion (excluded): TP {r['tp']}, FP {r['fp']}, TN {r['tn']}, FN {r['fn']}."]
     per = o["per"]["excluded"]
-    lines += [
+    return [
+        *lines,
         f"PER over {per['n']} exception samples: allowed (must be Safe) {pct(per['per_allowed'])} "
         f"of {per['n_allowed']}, sensitive (must be Unsafe) {pct(per['per_sensitive'])} of "
         f"{per['n_sensitive']}.",
-        "",
-        "## Slices (invalid excluded)",
-        "",
     ]
-    slices = {"all": o, "default policy": report["default_policy"]}
+
+
+def _slices(report: dict[str, Any]) -> list[str]:
+    lines = ["", "## Slices (invalid excluded)", ""]
+    slices = {"all": report["overall"], "default policy": report["default_policy"]}
     slices.update({f"aug {k}": v for k, v in report["by_augmentation"].items()})
     lines += _table(SLICE_HEADER, _slice_rows(slices, "excluded"))
     lines += ["", "## By expected category (invalid excluded)", ""]
-    lines += _table(SLICE_HEADER, _slice_rows(report["by_category"], "excluded"))
-    sc = o["scores"]
-    lines += ["", "## Scores", ""]
+    return lines + _table(SLICE_HEADER, _slice_rows(report["by_category"], "excluded"))
+
+
+def _scores(report: dict[str, Any]) -> list[str]:
+    sc = report["overall"]["scores"]
+    lines = ["", "## Scores", ""]
     if sc["n"] == 0:
-        lines.append("No prediction carries a score (P(Unsafe)).")
-    else:
-        lines += _table(
-            ["ROC AUC", "PR AUC", "Recall@1%FPR", "Recall@5%FPR", "best threshold",
-             "bal. acc. there", "ECE", "n"],
-            [[dec(sc["roc_auc"]) + (
-                f" [{dec(report['intervals']['roc_auc'][0])}, "
-                f"{dec(report['intervals']['roc_auc'][1])}]"
-                if report["intervals"].get("roc_auc") else ""),
-              dec(sc["pr_auc"]), pct(sc["recall_at_fpr_1"]), pct(sc["recall_at_fpr_5"]),
-              dec(sc["best_threshold"]), pct(sc["best_balanced_accuracy"]), dec(sc["ece"]),
-              str(sc["n"])]],
-        )  # fmt: skip
-        lines += ["", "Best threshold: calling a score at or above it Unsafe maximises balanced "
-                  "accuracy. ECE over equal-width bins."]  # fmt: skip
-    if report["by_variant"]:
-        lines += [
-            "",
-            "## Policy generalisation",
-            "",
-            "The same images under policy variants the model was not trained with; the expected "
-            "label follows from each variant (own category allowed: Safe; sensitive: Unsafe; "
-            "other changes, order or codes: unchanged).",
-            "",
-        ]
-        slices = dict(report["by_variant"])
-        slices["all variants"] = report["variants"]
-        lines += _table(SLICE_HEADER, _slice_rows(slices, "excluded"))
-        lines += ["", "*original*: the default-policy samples the variants were made from. "
-                  "Every other section of this report leaves the variants out."]  # fmt: skip
-    if plots:
-        lines += ["", "## Plots", ""]
-        lines += [f"![{Path(p).stem}]({p})" for p in plots]
-    return "\n".join(lines) + "\n"
+        return [*lines, "No prediction carries a score (P(Unsafe))."]
+    lines += _table(
+        ["ROC AUC", "PR AUC", "Recall@1%FPR", "Recall@5%FPR", "best threshold",
+         "bal. acc. there", "ECE", "n"],
+        [[dec(sc["roc_auc"]) + (
+            f" [{dec(report['intervals']['roc_auc'][0])}, "
+            f"{dec(report['intervals']['roc_auc'][1])}]"
+            if report["intervals"].get("roc_auc") else ""),
+          dec(sc["pr_auc"]), pct(sc["recall_at_fpr_1"]), pct(sc["recall_at_fpr_5"]),
+          dec(sc["best_threshold"]), pct(sc["best_balanced_accuracy"]), dec(sc["ece"]),
+          str(sc["n"])]],
+    )  # fmt: skip
+    lines += ["", "Best threshold: calling a score at or above it Unsafe maximises balanced "
+              "accuracy. ECE over equal-width bins."]  # fmt: skip
+    return lines
+
+
+def _generalisation(report: dict[str, Any]) -> list[str]:
+    if not report["by_variant"]:
+        return []
+    lines = [
+        "",
+        "## Policy generalisation",
+        "",
+        "The same images under policy variants the model was not trained with; the expected "
+        "label follows from each variant (own category allowed: Safe; sensitive: Unsafe; "
+        "other changes, order or codes: unchanged).",
+        "",
+    ]
+    slices = dict(report["by_variant"])
+    slices["all variants"] = report["variants"]
+    lines += _table(SLICE_HEADER, _slice_rows(slices, "excluded"))
+    lines += ["", "*original*: the default-policy samples the variants were made from. "
+              "Every other section of this report leaves the variants out."]  # fmt: skip
+    return lines
 
 
 def sample_rows(rows: Sequence[Joined]) -> list[dict[str, Any]]:

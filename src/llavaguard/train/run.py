@@ -20,13 +20,7 @@ from typing import Any, ClassVar
 
 from llavaguard.errors import ConfigError
 from llavaguard.guard.spec import GuardSpec
-from llavaguard.models import (
-    MODEL_CARD_FILE,
-    ModelSpec,
-    family_from_config,
-    resolve_model,
-    spec_for,
-)
+from llavaguard.models import MODEL_CARD_FILE, ModelSpec, describe_model, resolve_model
 from llavaguard.train.config import TrainConfig
 
 log = logging.getLogger(__name__)
@@ -180,56 +174,92 @@ def _trainer_class() -> type:
 def train(cfg: TrainConfig) -> dict[str, Any]:
     """Run one training; returns a summary (paths, steps, last metrics) also written to
     ``output/train_summary.json``."""
-    import torch
     from transformers import AutoModelForImageTextToText, AutoProcessor
-    from trl import SFTConfig
 
     base_path = resolve_model(cfg.model)
-    spec = spec_for(cfg.model)
-    family = spec.family if spec else family_from_config(base_path)
-    system = (spec.system_prompt if spec else None) if cfg.system_prompt == "auto" else (
-        cfg.system_prompt or None)  # fmt: skip
+    spec = describe_model(cfg.model, base_path)
+    system = spec.system_prompt if cfg.system_prompt == "auto" else (cfg.system_prompt or None)
     train_ds, test_ds = load_splits(cfg.data, system)
     dtype = _dtype(cfg.dtype)
     processor = AutoProcessor.from_pretrained(base_path)
     model = AutoModelForImageTextToText.from_pretrained(base_path, dtype=dtype)
     freeze(model, cfg.train_vision, cfg.train_projector)
+    plan = _plan(cfg, len(train_ds), test_ds)
+    if plan["has_eval"] and len(test_ds) > cfg.eval_samples:  # the loss on a sample, as the scores
+        test_ds = test_ds.shuffle(seed=cfg.seed).select(range(cfg.eval_samples))
+    trainer = _trainer_class()(
+        model=model,
+        args=_sft_args(cfg, dtype, plan),
+        train_dataset=train_ds,
+        eval_dataset=test_ds if plan["has_eval"] else None,
+        processing_class=processor,
+        peft_config=_lora_config(cfg),
+    )
+    trainable = trainable_parameters(trainer.model)
+    trainer.guard_samples = _eval_samples(cfg.data, cfg.eval_samples, cfg.seed)
+    trainer.guard_spec = cfg.evaluation
+    trainer.guard_model = ModelSpec(id="training", family=spec.family, size="",
+                                    system_prompt=system)  # fmt: skip
+    resume = _resume_point(cfg)
+    log.info("trainable parameters: %s; %d optimiser steps", trainable, plan["steps"])
+    result = trainer.train(resume_from_checkpoint=resume)
+    final = (
+        _evaluation_at(trainer.state.log_history, result.global_step) if plan["has_eval"] else {}
+    )
+    if plan["has_eval"] and not final:  # the last step was not an evaluation step
+        final = trainer.evaluate()
+    card = {"base": cfg.model, "family": spec.family, "system_prompt": system,
+            "method": cfg.method, "size": spec.size}  # fmt: skip
+    summary = {"config": json.loads(cfg.model_dump_json()), "steps": result.global_step,
+               "train_loss": result.training_loss, "final_eval": final,
+               "trainable_parameters": trainable, "resumed_from": resume}  # fmt: skip
+    return _save(cfg, trainer, processor, card, summary, plan["world"])
 
-    peft_config = None
-    if cfg.method == "lora":
-        from peft import LoraConfig
 
-        # only the language model's linears: the vision tower has q/k/v names too
-        targets = "|".join(cfg.lora_targets)
-        peft_config = LoraConfig(
-            r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-            target_modules=rf".*language_model.*\.({targets})",
-            modules_to_save=["multi_modal_projector"] if cfg.train_projector else None,
-            task_type="CAUSAL_LM",
-        )  # fmt: skip
-
+def _plan(cfg: TrainConfig, n_train: int, test_ds: Any) -> dict[str, Any]:
+    """Processes, accumulation, optimiser steps and evaluation cadence for this run."""
     world = max(1, int(os.environ.get("WORLD_SIZE", "1")))
     accum = max(1, math.ceil(cfg.effective_batch_size / (cfg.batch_size * world)))
-    steps = math.ceil(len(train_ds) / (cfg.batch_size * world * accum) * cfg.epochs)
-    eval_steps = cfg.eval_steps or max(1, steps // 10)
+    steps = math.ceil(n_train / (cfg.batch_size * world * accum) * cfg.epochs)
     has_eval = test_ds is not None and len(test_ds) > 0 and cfg.eval_samples > 0
-    if has_eval and len(test_ds) > cfg.eval_samples:  # the loss on a sample, as the scores
-        test_ds = test_ds.shuffle(seed=cfg.seed).select(range(cfg.eval_samples))
-    args = SFTConfig(
+    return {"world": world, "accum": accum, "steps": steps, "has_eval": has_eval,
+            "eval_steps": cfg.eval_steps or max(1, steps // 10)}  # fmt: skip
+
+
+def _lora_config(cfg: TrainConfig) -> Any:
+    """LoRA on the language model's linears only (the vision tower has q/k/v names too)."""
+    if cfg.method != "lora":
+        return None
+    from peft import LoraConfig
+
+    targets = "|".join(cfg.lora_targets)
+    return LoraConfig(
+        r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+        target_modules=rf".*language_model.*\.({targets})",
+        modules_to_save=["multi_modal_projector"] if cfg.train_projector else None,
+        task_type="CAUSAL_LM",
+    )  # fmt: skip
+
+
+def _sft_args(cfg: TrainConfig, dtype: Any, plan: dict[str, Any]) -> Any:
+    import torch
+    from trl import SFTConfig
+
+    return SFTConfig(
         output_dir=str(cfg.output),
         num_train_epochs=cfg.epochs,
         per_device_train_batch_size=cfg.batch_size,
         per_device_eval_batch_size=cfg.batch_size,
-        gradient_accumulation_steps=accum,
+        gradient_accumulation_steps=plan["accum"],
         learning_rate=cfg.lr,
         lr_scheduler_type=cfg.scheduler,
         warmup_steps=cfg.warmup_ratio,
         weight_decay=cfg.weight_decay,
         logging_steps=cfg.logging_steps,
-        eval_strategy="steps" if has_eval else "no",
-        eval_steps=eval_steps,
+        eval_strategy="steps" if plan["has_eval"] else "no",
+        eval_steps=plan["eval_steps"],
         save_strategy="steps",
-        save_steps=cfg.save_steps or eval_steps,
+        save_steps=cfg.save_steps or plan["eval_steps"],
         save_total_limit=cfg.save_total_limit,
         bf16=dtype == torch.bfloat16,
         fp16=dtype == torch.float16,
@@ -243,48 +273,33 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         disable_tqdm=True,
         save_only_model=False,
     )
-    trainer_cls = _trainer_class()
-    trainer = trainer_cls(
-        model=model,
-        args=args,
-        train_dataset=train_ds,
-        eval_dataset=test_ds if has_eval else None,
-        processing_class=processor,
-        peft_config=peft_config,
-    )
-    trainable = trainable_parameters(trainer.model)
-    trainer.guard_samples = _eval_samples(cfg.data, cfg.eval_samples, cfg.seed)
-    trainer.guard_spec = cfg.evaluation
-    trainer.guard_model = ModelSpec(id="training", family=family, size="", system_prompt=system)
-    resume = None
-    if cfg.resume:
-        from transformers.trainer_utils import get_last_checkpoint
 
-        resume = get_last_checkpoint(str(cfg.output)) if cfg.output.is_dir() else None
-        if resume is None:
-            log.warning("no checkpoint in %s: starting from the beginning", cfg.output)
-    log.info("trainable parameters: %s; %d optimiser steps", trainable, steps)
-    result = trainer.train(resume_from_checkpoint=resume)
-    final = _evaluation_at(trainer.state.log_history, result.global_step) if has_eval else {}
-    if has_eval and not final:  # the last step was not an evaluation step
-        final = trainer.evaluate()
 
-    card = {"base": cfg.model, "family": family, "system_prompt": system, "method": cfg.method,
-            "size": spec.size if spec else ""}  # fmt: skip
+def _resume_point(cfg: TrainConfig) -> str | None:
+    if not cfg.resume:
+        return None
+    from transformers.trainer_utils import get_last_checkpoint
+
+    resume = get_last_checkpoint(str(cfg.output)) if cfg.output.is_dir() else None
+    if resume is None:
+        log.warning("no checkpoint in %s: starting from the beginning", cfg.output)
+    return resume
+
+
+def _save(
+    cfg: TrainConfig,
+    trainer: Any,
+    processor: Any,
+    card: dict[str, Any],
+    summary: dict[str, Any],
+    world: int,
+) -> dict[str, Any]:
+    """final/ (weights, processor, model card), merged/ when asked, train_summary.json."""
     adapter_dir = cfg.output / "final"
     trainer.save_model(str(adapter_dir))
     processor.save_pretrained(str(adapter_dir))
     (adapter_dir / MODEL_CARD_FILE).write_text(json.dumps(card, indent=2) + "\n")
-    summary: dict[str, Any] = {
-        "config": json.loads(cfg.model_dump_json()),
-        "steps": result.global_step,
-        "train_loss": result.training_loss,
-        "final_eval": final,
-        "trainable_parameters": trainable,
-        "final": str(adapter_dir),
-        "resumed_from": resume,
-        "log_history": trainer.state.log_history,
-    }
+    summary = {**summary, "final": str(adapter_dir), "log_history": trainer.state.log_history}
     if cfg.merge and trainer.is_world_process_zero():
         # one process holds the whole model; sharded (ZeRO-3, FSDP) it is read back from final/
         in_memory = trainer.model if world == 1 else None
