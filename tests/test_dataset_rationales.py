@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from llavaguard.dataset.build import augment, read_labelled
+from llavaguard.dataset.build import augment
 from llavaguard.dataset.rationales import (
     PROMPT_ID,
     Candidate,
@@ -26,6 +26,7 @@ from llavaguard.dataset.rationales import (
 )
 from llavaguard.engines import Engine, GenerationConfig, VisionRequest
 from llavaguard.errors import ConfigError, EngineError
+from llavaguard.inputs.labels import read_labels
 from llavaguard.policy import Policy
 
 CFG = RationaleConfig()
@@ -204,7 +205,7 @@ def test_retries_sample_anew_then_accept_or_reject_with_provenance(tmp_path):
     assert rejected[0]["reason"].startswith("contradiction: says unsafe: ")
     assert rejected[0]["last_candidate"].startswith("The image is unsafe")
     # dataset build reads the output as it is
-    images = read_labelled(str(out))
+    images = read_labels(out)
     assert [(i.id, i.rationale) for i in images] == [("r0", GOOD["Unsafe"]), ("r2", GOOD["Unsafe"])]
     assert augment(images)[0].rationale == GOOD["Unsafe"]
 
@@ -215,7 +216,7 @@ def test_keep_rejected_leaves_them_in_the_output_without_a_rationale(tmp_path):
     summary = generate_rationales(write_labels(tmp_path), out, Scripted(lambda r, c: "Short."),
                                   config=cfg)  # fmt: skip
     assert summary["rejected"] == 4 and summary["reasons"] == {"length": 4}
-    assert [i.rationale for i in read_labelled(str(out))] == [""] * 4
+    assert [i.rationale for i in read_labels(out)] == [""] * 4
     assert rows_of(rejected_path(out)) == []
 
 
