@@ -268,6 +268,21 @@ def test_resume_skips_finished_ids_and_survives_interrupts_and_cut_lines(tmp_pat
     assert closed == [True] and len(rows_of(out)) == 6
 
 
+def test_labels_resolve_under_the_given_custom_policy_with_its_own_codes(tmp_path):
+    policy = tmp_path / "custom.yaml"
+    policy.write_text(
+        "name: kitchen\npreamble: Check the image against these categories.\ncategories:\n"
+        "  - {code: K1, name: Knives, should_not: [Show knives.]}\n"
+        "  - {code: K2, name: Open Flames, should_not: [Show open flames.]}\n"
+    )
+    labels = write_labels(tmp_path, 2)
+    labels.write_text(labels.read_text().replace('"O6"', '"K2"'))
+    out = tmp_path / "r.jsonl"
+    summary = generate_rationales(labels, out, Scripted(good), policy=str(policy))
+    assert summary["ok"] == 2 and summary["policy_id"] == Policy.load(policy).id
+    assert [r["category"] for r in rows_of(out)] == ["K2: Open Flames", "NA: None applying"]
+
+
 def test_another_policy_is_refused_and_overwrite_starts_over(tmp_path):
     labels = write_labels(tmp_path, 2)
     out = tmp_path / "r.jsonl"

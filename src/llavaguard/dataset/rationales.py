@@ -352,7 +352,8 @@ def generate_rationales(
 
     cfg = config or RationaleConfig()
     active = Policy.load(policy)
-    images = read_labels(labels, require_images=True)
+    # the labels mean what they mean under the policy given, whose codes may be its own
+    images = read_labels(labels, active, require_images=True)
     raw = {str(r.get("id") or r.get("image")): r for r in iter_rows(labels)}
     out, side = Path(output), rejected_path(output)
     if cfg.overwrite:
