@@ -232,3 +232,17 @@ def test_a_custom_taxonomy_is_the_default_policy_of_import_build_and_evaluation(
     exceptions = [s for s in samples if s.augmentation == "v2"]
     assert exceptions and all(s.exception == "allowed" for s in exceptions)
     assert all(s.policy.text == compact.with_states(allow=s.policy.allowed).text for s in samples)
+
+
+def test_augmentations_are_the_policy_edits_under_the_one_seeding_rule():
+    from llavaguard.evaluate.variants import KINDS
+    from llavaguard.policy.edits import edit_rng
+
+    pairs = {"v2a": "allow-own", "v3": "allow-others", "v4": "sensitive-own",
+             "v5": "sensitive-others"}  # fmt: skip
+    assert all(AUGMENTATIONS[a] is KINDS[k] for a, k in pairs.items())  # written once
+    img = labelled("x", "x.jpg", "Unsafe", O3)
+    by_id = {s.id: s for s in augment([img], recipe=["v3", "v3", "v5"], seed=7)}
+    for suffix, edit in (("v3_b", "v3"), ("v5", "v5")):
+        policy, _ = AUGMENTATIONS[edit](img.policy, img.category, edit_rng(7, "x", suffix))
+        assert by_id[f"x_{suffix}"].policy.id == policy.id

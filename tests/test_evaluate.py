@@ -152,6 +152,8 @@ def test_variants_derive_their_labels(labelled):
     samples = read_labels(labelled[0])
     made = make_variants(samples, ["all"], seed=0)
     assert make_variants(samples, ["all"], seed=0) == made  # seeded
+    alone = make_variants(samples[-1:], ["all"], seed=0)  # one sample's draws are its own
+    assert alone == [v for v in made if v.id.startswith(f"{samples[-1].id}@")]
     by = {(v.id.split("@")[0], v.variant): v for v in made}
     assert {v.variant for v in made} == set(KINDS)
     assert not any(s.id.startswith("a_v2@") for s in made)  # only default-policy samples vary

@@ -70,7 +70,7 @@ def augment(
     counts = Counter(recipe)
     out: list[LabelledSample] = []
     for img in images:
-        out.append(img)
+        out.append(img.model_copy(update={"augmentation": None}))  # an id like x_v2 is no hint
         if img.rating != "Unsafe":
             continue
         drawn: Counter[str] = Counter()

@@ -58,11 +58,6 @@ def iter_rows(path: str | Path, columns: list[str] | None = None) -> Iterator[di
         raise ConfigError(f"{path}: cannot read ({e.__class__.__name__}: {e})") from e
 
 
-def read_rows(path: str | Path) -> list[dict[str, Any]]:
-    """All rows of a table, for callers that need them at once (a join, a shuffle)."""
-    return list(iter_rows(path))
-
-
 def _parquet(path: Path, columns: list[str] | None) -> Iterator[dict[str, Any]]:
     import pyarrow.parquet as pq
 
