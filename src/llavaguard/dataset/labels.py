@@ -81,7 +81,7 @@ def import_labels(
     row) that ``dataset build`` reads; returns the counts. Categories are resolved against
     ``policy`` (default: the built-in one), which the rows name."""
     from llavaguard.inputs.labels import LabelledSample, write_labels
-    from llavaguard.inputs.tables import iter_rows
+    from llavaguard.inputs.tables import iter_rows, row_where
     from llavaguard.policy import Policy, canonical_category
 
     scores, categories = load_mapping(mapping)
@@ -91,7 +91,7 @@ def import_labels(
     sources: list[dict[str, Any]] = []
     dropped: Counter[str] = Counter()
     for i, row in enumerate(iter_rows(path), 1):
-        where = f"{path}:{i}"
+        where = row_where(path, i)
         image = str(row.get("image") or "")
         if not image:
             raise ConfigError(f"{where}: no image")

@@ -22,7 +22,6 @@ from typing import Any
 
 from llavaguard.errors import ConfigError
 
-TABLE_SUFFIXES = (".csv", ".jsonl", ".json", ".parquet")
 _BATCH = 1024
 
 
