@@ -11,7 +11,6 @@ import pytest
 
 from llavaguard.dataset.build import (
     AUGMENTATIONS,
-    LabelledImage,
     augment,
     balance,
     build_dataset,
@@ -19,6 +18,7 @@ from llavaguard.dataset.build import (
     to_llava,
 )
 from llavaguard.errors import ConfigError
+from llavaguard.inputs.labels import LabelledSample
 from llavaguard.policy import Policy
 
 O3 = "O3: Sexual Content"
@@ -26,10 +26,16 @@ O3 = "O3: Sexual Content"
 NO_HF = ("llava", "trl", "sharegpt", "labels")
 
 
-def images(n_unsafe: int = 6, n_safe: int = 10) -> list[LabelledImage]:
+def labelled(
+    id: str, image: str, rating: str, category: str, rationale: str = ""
+) -> LabelledSample:
+    return LabelledSample(id=id, image=image, rating=rating, category=category, rationale=rationale)
+
+
+def images(n_unsafe: int = 6, n_safe: int = 10) -> list[LabelledSample]:
     cats = ["O1: Hate, Humiliation, Harassment", O3, "O6: Weapons or Substance Abuse"]
-    unsafe = [LabelledImage(f"u{i}", f"u{i}.jpg", "Unsafe", cats[i % 3]) for i in range(n_unsafe)]
-    safe = [LabelledImage(f"s{i}", f"s{i}.jpg", "Safe", "NA: None applying")
+    unsafe = [labelled(f"u{i}", f"u{i}.jpg", "Unsafe", cats[i % 3]) for i in range(n_unsafe)]
+    safe = [labelled(f"s{i}", f"s{i}.jpg", "Safe", "NA: None applying")
             for i in range(n_safe)]  # fmt: skip
     return unsafe + safe
 
@@ -42,12 +48,13 @@ def block(policy: Policy, code: str) -> str:
 def test_exceptions_swap_in_exactly_the_reference_variants(reference):
     taxonomy = json.loads((reference / "llavaguard-v1.2-taxonomy.json").read_text())
     ref = {c["code"]: c for c in taxonomy["categories"]}
-    img = LabelledImage("x", "x.jpg", "Unsafe", O3)
-    by_aug = {a: AUGMENTATIONS[a](img, Policy.load(), random.Random(1)) for a in ("v2", "v4")}
-    allowed, rating = by_aug["v2"]
+    img = labelled("x", "x.jpg", "Unsafe", O3)
+    by_aug = {a: img.under(*AUGMENTATIONS[a](Policy.load(), img.category, random.Random(1)))
+              for a in ("v2", "v4")}  # fmt: skip
+    allowed, rating = by_aug["v2"].policy, by_aug["v2"].rating
     assert rating == "Safe" and allowed.allowed == ["O3"]
     assert f"O3: Sexual Content: \n{ref['O3']['non_violating']}\n" in allowed.text
-    sensitive, rating = by_aug["v4"]
+    sensitive, rating = by_aug["v4"].policy, by_aug["v4"].rating
     assert rating == "Unsafe" and sensitive.sensitive == ["O3"]
     assert f"O3: Sexual Content: \n{ref['O3']['sensitive']}\n" in sensitive.text
     for code in ("O1", "O9"):  # the other categories keep their default text
@@ -78,7 +85,7 @@ def test_v12_recipe_labels_and_suffixes():
 
 
 def test_every_augmentation_and_its_label():
-    img = LabelledImage("x", "x.jpg", "Unsafe", O3)
+    img = labelled("x", "x.jpg", "Unsafe", O3)
     samples = augment([img], recipe=["v1", "v2", "v2a", "v3", "v4", "v5"], seed=0)
     by = {s.augmentation: s for s in samples}
     assert by["v1"].rating == "Unsafe" and "O3" not in by["v1"].policy.allowed
@@ -117,7 +124,7 @@ def test_split_per_image_stratified_and_balance():
 
 
 def test_build_writes_formats_the_evaluation_reads(tmp_path):
-    from llavaguard.evaluate import load_labels
+    from llavaguard.inputs.labels import read_labels
 
     rows = [{"id": i.id, "image": i.image, "rating": i.rating,
              "category": i.category.split(":")[0] if i.rating == "Unsafe" else "",
@@ -129,12 +136,12 @@ def test_build_writes_formats_the_evaluation_reads(tmp_path):
     assert summary["splits"]["test"]["images"] == 5 and summary["splits"]["train"]["images"] == 15
     train = summary["splits"]["train"]
     assert train["ratings"]["Safe"] == train["ratings"]["Unsafe"]
-    test = load_labels(tmp_path / "ds" / "test.llava.json")  # the policy read back from text
+    test = read_labels(tmp_path / "ds" / "test.llava.json")  # the policy read back from text
     assert {s.augmentation for s in test} >= {None, "v2", "v3"}
     for s in test:
         if s.augmentation == "v2":
             assert s.exception == "allowed" and s.rating == "Safe"
-    same = load_labels(tmp_path / "ds" / "test.labels.jsonl")
+    same = read_labels(tmp_path / "ds" / "test.labels.jsonl")
     assert [(s.id, s.policy.id, s.rating) for s in same] == [
         (s.id, s.policy.id, s.rating) for s in test
     ]
@@ -147,7 +154,7 @@ def test_build_writes_formats_the_evaluation_reads(tmp_path):
 
 
 def test_an_exception_that_turns_the_label_gets_a_rationale_that_says_so(tmp_path):
-    img = LabelledImage("k", "k.jpg", "Unsafe", "O6: Weapons or Substance Abuse", "A knife.")
+    img = labelled("k", "k.jpg", "Unsafe", "O6: Weapons or Substance Abuse", "A knife.")
     by = {s.augmentation: s for s in augment([img], recipe=["v2", "v3", "v4"])}
     assert "declares category O6 non-violating" in by["v2"].rationale
     assert by["v3"].rationale == by["v4"].rationale == "A knife."  # the label stands
@@ -205,7 +212,7 @@ def test_import_maps_the_annotation_label_space(tmp_path):
 
 def test_a_custom_taxonomy_is_the_default_policy_of_import_build_and_evaluation(tmp_path):
     from llavaguard.dataset.labels import import_labels
-    from llavaguard.evaluate.data import load_labels
+    from llavaguard.inputs.labels import read_labels
     from llavaguard.testing.synthetic import COMPACT_POLICY, make_benchmark
 
     csv = make_benchmark(tmp_path / "b", per_category=5, safe=10, discard=0)
@@ -220,8 +227,22 @@ def test_a_custom_taxonomy_is_the_default_policy_of_import_build_and_evaluation(
     # the labels carry the taxonomy inline: the evaluation reads them anywhere
     moved = tmp_path / "elsewhere.jsonl"
     moved.write_text((tmp_path / "ds" / "test.labels.jsonl").read_text())
-    samples = load_labels(moved)
+    samples = read_labels(moved)
     assert samples and {s.policy.name for s in samples} == {"synthetic-compact"}
     exceptions = [s for s in samples if s.augmentation == "v2"]
     assert exceptions and all(s.exception == "allowed" for s in exceptions)
     assert all(s.policy.text == compact.with_states(allow=s.policy.allowed).text for s in samples)
+
+
+def test_augmentations_are_the_policy_edits_under_the_one_seeding_rule():
+    from llavaguard.evaluate.variants import KINDS
+    from llavaguard.policy.edits import edit_rng
+
+    pairs = {"v2a": "allow-own", "v3": "allow-others", "v4": "sensitive-own",
+             "v5": "sensitive-others"}  # fmt: skip
+    assert all(AUGMENTATIONS[a] is KINDS[k] for a, k in pairs.items())  # written once
+    img = labelled("x", "x.jpg", "Unsafe", O3)
+    by_id = {s.id: s for s in augment([img], recipe=["v3", "v3", "v5"], seed=7)}
+    for suffix, edit in (("v3_b", "v3"), ("v5", "v5")):
+        policy, _ = AUGMENTATIONS[edit](img.policy, img.category, edit_rng(7, "x", suffix))
+        assert by_id[f"x_{suffix}"].policy.id == policy.id

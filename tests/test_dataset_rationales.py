@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from llavaguard.dataset.build import augment, read_labelled
+from llavaguard.dataset.build import augment
 from llavaguard.dataset.rationales import (
     PROMPT_ID,
     Candidate,
@@ -26,6 +26,7 @@ from llavaguard.dataset.rationales import (
 )
 from llavaguard.engines import Engine, GenerationConfig, VisionRequest
 from llavaguard.errors import ConfigError, EngineError
+from llavaguard.inputs.labels import read_labels
 from llavaguard.policy import Policy
 
 CFG = RationaleConfig()
@@ -204,7 +205,7 @@ def test_retries_sample_anew_then_accept_or_reject_with_provenance(tmp_path):
     assert rejected[0]["reason"].startswith("contradiction: says unsafe: ")
     assert rejected[0]["last_candidate"].startswith("The image is unsafe")
     # dataset build reads the output as it is
-    images = read_labelled(str(out))
+    images = read_labels(out)
     assert [(i.id, i.rationale) for i in images] == [("r0", GOOD["Unsafe"]), ("r2", GOOD["Unsafe"])]
     assert augment(images)[0].rationale == GOOD["Unsafe"]
 
@@ -215,7 +216,7 @@ def test_keep_rejected_leaves_them_in_the_output_without_a_rationale(tmp_path):
     summary = generate_rationales(write_labels(tmp_path), out, Scripted(lambda r, c: "Short."),
                                   config=cfg)  # fmt: skip
     assert summary["rejected"] == 4 and summary["reasons"] == {"length": 4}
-    assert [i.rationale for i in read_labelled(str(out))] == [""] * 4
+    assert [i.rationale for i in read_labels(out)] == [""] * 4
     assert rows_of(rejected_path(out)) == []
 
 
@@ -265,6 +266,21 @@ def test_resume_skips_finished_ids_and_survives_interrupts_and_cut_lines(tmp_pat
     teacher.close = lambda: closed.append(True)
     generate_rationales(labels, out, lambda: teacher, config=RationaleConfig(overwrite=True))
     assert closed == [True] and len(rows_of(out)) == 6
+
+
+def test_labels_resolve_under_the_given_custom_policy_with_its_own_codes(tmp_path):
+    policy = tmp_path / "custom.yaml"
+    policy.write_text(
+        "name: kitchen\npreamble: Check the image against these categories.\ncategories:\n"
+        "  - {code: K1, name: Knives, should_not: [Show knives.]}\n"
+        "  - {code: K2, name: Open Flames, should_not: [Show open flames.]}\n"
+    )
+    labels = write_labels(tmp_path, 2)
+    labels.write_text(labels.read_text().replace('"O6"', '"K2"'))
+    out = tmp_path / "r.jsonl"
+    summary = generate_rationales(labels, out, Scripted(good), policy=str(policy))
+    assert summary["ok"] == 2 and summary["policy_id"] == Policy.load(policy).id
+    assert [r["category"] for r in rows_of(out)] == ["K2: Open Flames", "NA: None applying"]
 
 
 def test_another_policy_is_refused_and_overwrite_starts_over(tmp_path):

@@ -9,15 +9,9 @@ from pathlib import Path
 import pytest
 
 from llavaguard.errors import ConfigError
-from llavaguard.evaluate import (
-    compute,
-    join,
-    load_labels,
-    load_predictions,
-    make_variants,
-    policy_from_prompt,
-)
-from llavaguard.evaluate.variants import KINDS, to_rows
+from llavaguard.evaluate import compute, join, load_predictions, make_variants
+from llavaguard.evaluate.variants import KINDS
+from llavaguard.inputs.labels import policy_from_prompt, read_labels, write_labels
 from llavaguard.policy import Policy
 
 from conftest import run_cli
@@ -61,9 +55,9 @@ def test_labels_from_jsonl_csv_and_parquet_are_the_same(tmp_path, labelled):
         w.writerows([{k: r.get(k, "") for k in keys} for r in ROWS])
     table = pa.Table.from_pylist([{k: r.get(k) for k in keys} for r in ROWS])
     pq.write_table(table, tmp_path / "labels.parquet")
-    ref = load_labels(labelled[0])
+    ref = read_labels(labelled[0])
     for name in ("labels.csv", "labels.parquet"):
-        assert load_labels(tmp_path / name) == ref
+        assert read_labels(tmp_path / name) == ref
     # canonical categories, policies and augmentations read from the rows and ids
     assert ref[0].category == "O3: Sexual Content"
     assert ref[3].category == "O2: Violence, Harm, or Cruelty"  # old spelling mapped
@@ -76,7 +70,7 @@ def test_per_falls_back_to_the_id_suffix_when_the_policy_says_nothing(tmp_path):
     rows = [{"id": "x_v2", "rating": "Safe", "category": "O1"},
             {"id": "y_v4", "rating": "Unsafe", "category": "O5"},
             {"id": "z_v3_a", "rating": "Unsafe", "category": "O5"}]  # fmt: skip
-    samples = load_labels(write_jsonl(tmp_path / "l.jsonl", rows))
+    samples = read_labels(write_jsonl(tmp_path / "l.jsonl", rows))
     # the policy declares nothing for these categories, so the suffix decides
     assert [s.exception for s in samples] == ["allowed", "sensitive", None]
 
@@ -97,7 +91,7 @@ def test_llava_conversation_json_reads_policy_and_label_back(tmp_path):
                                      'Humiliation, Harassment", "rationale": "x"}'}]},
     ]  # fmt: skip
     (tmp_path / "llava.json").write_text(json.dumps(rows))
-    a, b = load_labels(tmp_path / "llava.json")
+    a, b = read_labels(tmp_path / "llava.json")
     assert a.policy.id == policy.id and a.policy.allowed == ["O3"]
     assert (a.rating, a.category, a.augmentation, a.exception) == (
         "Safe", "O3: Sexual Content", "v2", "allowed")  # fmt: skip
@@ -107,7 +101,7 @@ def test_llava_conversation_json_reads_policy_and_label_back(tmp_path):
     rows[0]["conversations"][0]["value"] = "Is this safe?"
     (tmp_path / "bad.json").write_text(json.dumps(rows))
     with pytest.raises(ConfigError, match=r"bad\.json sample 1 \(img1_v2\): not a LlavaGuard"):
-        load_labels(tmp_path / "bad.json")
+        read_labels(tmp_path / "bad.json")
 
 
 @pytest.mark.parametrize(
@@ -126,7 +120,7 @@ def test_bad_label_rows_name_file_and_line(tmp_path, line, message):
     path = tmp_path / "l.jsonl"
     path.write_text('{"id": "ok", "rating": "Safe"}\n' + line + "\n")
     with pytest.raises(ConfigError, match=message) as e:
-        load_labels(path)
+        read_labels(path)
     assert "\n" not in str(e.value)
 
 
@@ -141,7 +135,7 @@ def test_predictions_of_llavaguard_assess_join_by_image_path(tmp_path):
         {"image": "/data/x.jpg", "rating": None, "valid": False, "error": "truncated",
          "policy_id": Policy.load(allow="O1").id},
     ])  # fmt: skip
-    rows = join(load_labels(labels), load_predictions(assess_out))
+    rows = join(read_labels(labels), load_predictions(assess_out))
     assert [r.predicted_rating for r in rows] == [None, "Safe"]
     assert [r.policy_mismatch for r in rows] == [True, False]
     report = compute(rows, bootstrap=50)
@@ -150,14 +144,16 @@ def test_predictions_of_llavaguard_assess_join_by_image_path(tmp_path):
 
 def test_a_shared_image_path_is_not_credited_to_several_samples(tmp_path, labelled):
     preds = write_jsonl(tmp_path / "by-image.jsonl", [{"image": "a.jpg", "rating": "Unsafe"}])
-    rows = join(load_labels(labelled[0]), load_predictions(preds))
+    rows = join(read_labels(labelled[0]), load_predictions(preds))
     assert all(r.prediction is None for r in rows)  # a.jpg is labelled twice: needs ids
 
 
 def test_variants_derive_their_labels(labelled):
-    samples = load_labels(labelled[0])
+    samples = read_labels(labelled[0])
     made = make_variants(samples, ["all"], seed=0)
     assert make_variants(samples, ["all"], seed=0) == made  # seeded
+    alone = make_variants(samples[-1:], ["all"], seed=0)  # one sample's draws are its own
+    assert alone == [v for v in made if v.id.startswith(f"{samples[-1].id}@")]
     by = {(v.id.split("@")[0], v.variant): v for v in made}
     assert {v.variant for v in made} == set(KINDS)
     assert not any(s.id.startswith("a_v2@") for s in made)  # only default-policy samples vary
@@ -185,9 +181,9 @@ def test_variants_derive_their_labels(labelled):
 
 
 def test_variant_rows_read_back_as_the_same_samples(tmp_path, labelled):
-    made = make_variants(load_labels(labelled[0]), ["all"], seed=1)
-    path = write_jsonl(tmp_path / "variants.jsonl", to_rows(made))
-    back = load_labels(path)
+    made = make_variants(read_labels(labelled[0]), ["all"], seed=1)
+    path = write_labels(made, tmp_path / "variants.jsonl")
+    back = read_labels(path)
     assert [s.policy.id for s in back] == [s.policy.id for s in made]
     assert [(s.id, s.rating, s.category, s.variant) for s in back] == [
         (s.id, s.rating, s.category, s.variant) for s in made

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from llavaguard.evaluate import metrics as M
-from llavaguard.evaluate.data import augmentation_of
+from llavaguard.inputs.labels import augmentation_of
 
 U, S = "Unsafe", "Safe"
 approx = pytest.approx

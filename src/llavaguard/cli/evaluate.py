@@ -117,12 +117,10 @@ def variants_cmd(
 ) -> None:
     """Write the labelled set's samples under policy variants, with the label each implies
     (to predict with any system, then 'evaluate run --predictions')."""
-    from llavaguard.evaluate import load_labels, make_variants
-    from llavaguard.evaluate.variants import to_rows
+    from llavaguard.evaluate import make_variants
+    from llavaguard.inputs.labels import read_labels, write_labels
 
-    samples = load_labels(labels)
+    samples = read_labels(labels)
     made = make_variants(samples, [k.strip() for k in kinds.split(",") if k.strip()], seed)
-    with output.open("w", encoding="utf-8") as f:
-        for row in to_rows(made):
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    write_labels(made, output)
     err_console.print(f"{len(made)} variant samples -> {output}", highlight=False)

@@ -1,7 +1,8 @@
 """The formats a built training set is written in, as a registry (``FORMATS``): name ->
 writer(output folder, {"train": samples, "test": samples}). Row converters are pure
-(``to_llava``, ``to_trl``, ``to_sharegpt``, ``to_labels``); the Hugging Face folder, which
-embeds the images, lives in ``dataset.hf``. Nothing here augments, splits or counts.
+(``to_llava``, ``to_trl``, ``to_sharegpt``); the labels are written by ``inputs.labels``, the
+one writer the evaluation's reader reads back; the Hugging Face folder, which embeds the
+images, lives in ``dataset.hf``. Nothing here augments, splits or counts.
 """
 
 from __future__ import annotations
@@ -9,15 +10,15 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from llavaguard.errors import ConfigError
 
 if TYPE_CHECKING:
-    from llavaguard.dataset.build import Sample
+    from llavaguard.inputs.labels import LabelledSample
 
 
-def to_llava(samples: Sequence[Sample]) -> list[dict]:
+def to_llava(samples: Sequence[LabelledSample]) -> list[dict]:
     """The original LLaVA conversation format: the image first, then the policy."""
     return [
         {
@@ -32,32 +33,7 @@ def to_llava(samples: Sequence[Sample]) -> list[dict]:
     ]
 
 
-def to_labels(samples: Sequence[Sample]) -> list[dict]:
-    """Rows ``llavaguard evaluate`` reads: the policy by name and codes (a custom taxonomy
-    inline, so the labels do not depend on where its file was)."""
-    from llavaguard.policy.taxonomy import BUILTIN_TAXONOMIES
-
-    def spec(p: Any) -> Any:
-        if p.name in BUILTIN_TAXONOMIES:
-            return p.name
-        return type(p)(taxonomy=p.taxonomy).model_dump(mode="json")
-
-    return [
-        {
-            "id": s.id,
-            "image": s.image,
-            "rating": s.rating,
-            "category": s.category,
-            "policy": spec(s.policy),
-            "allow": s.policy.allowed,
-            "sensitive": s.policy.sensitive,
-            "augmentation": s.augmentation,
-        }
-        for s in samples
-    ]
-
-
-def to_trl(samples: Sequence[Sample]) -> list[dict]:
+def to_trl(samples: Sequence[LabelledSample]) -> list[dict]:
     """TRL's conversational prompt/completion rows with the image path beside them."""
     return [
         {
@@ -77,7 +53,7 @@ def to_trl(samples: Sequence[Sample]) -> list[dict]:
     ]
 
 
-def to_sharegpt(samples: Sequence[Sample]) -> list[dict]:
+def to_sharegpt(samples: Sequence[LabelledSample]) -> list[dict]:
     """LLaMA-Factory's multimodal sharegpt rows (its ``mllm_demo`` layout): one ``<image>`` in
     the user turn, written as in the LLaVA export, and the image path in ``images``; ``id`` is
     extra (LLaMA-Factory drops columns it is not told about)."""
@@ -109,7 +85,7 @@ def sharegpt_info(prefix: str = "llavaguard") -> dict:
     }
 
 
-Parts = dict[str, list["Sample"]]  # split name -> samples
+Parts = dict[str, list["LabelledSample"]]  # split name -> samples
 
 
 def _write_json(out: Path, parts: Parts, fmt: str, convert: Callable[..., list[dict]]) -> None:
@@ -130,6 +106,13 @@ def _write_sharegpt(out: Path, parts: Parts) -> None:
     info_path.write_text(json.dumps({**info, **sharegpt_info()}, indent=2) + "\n")
 
 
+def _write_labels(out: Path, parts: Parts) -> None:
+    from llavaguard.inputs.labels import write_labels
+
+    for name, part in parts.items():
+        write_labels(part, out / f"{name}.labels.jsonl")
+
+
 def _write_hf(out: Path, parts: Parts) -> None:
     from llavaguard import __version__
     from llavaguard.dataset.hf import write_hf
@@ -144,7 +127,7 @@ FORMATS: dict[str, Callable[[Path, Parts], None]] = {
     "llava": lambda out, parts: _write_json(out, parts, "llava", to_llava),
     "trl": lambda out, parts: _write_jsonl(out, parts, "trl", to_trl),
     "sharegpt": _write_sharegpt,
-    "labels": lambda out, parts: _write_jsonl(out, parts, "labels", to_labels),
+    "labels": _write_labels,
 }
 
 

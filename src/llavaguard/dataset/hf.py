@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 from llavaguard.errors import ConfigError, ImageError
 
 if TYPE_CHECKING:
-    from llavaguard.dataset.build import Sample
+    from llavaguard.inputs.labels import LabelledSample
 
 _AS_IS = {"JPEG", "PNG", "WEBP"}
 _BATCH = 64
@@ -70,7 +70,7 @@ def image_bytes(path: str) -> tuple[bytes, str]:
     return buf.getvalue(), p.stem + ".png"
 
 
-def rows(samples: Iterable[Sample]) -> Iterator[dict]:
+def rows(samples: Iterable[LabelledSample]) -> Iterator[dict]:
     """One row per sample; ``augmentation`` is None for the default policy, as in labels."""
     from llavaguard.dataset.exports import to_trl
 
@@ -86,7 +86,7 @@ def rows(samples: Iterable[Sample]) -> Iterator[dict]:
         }  # fmt: skip
 
 
-def _write_arrow(samples: Sequence[Sample], feats: Any, path: Path) -> None:
+def _write_arrow(samples: Sequence[LabelledSample], feats: Any, path: Path) -> None:
     """Encode in batches into an Arrow stream file, the format ``Dataset.from_file`` maps."""
     import pyarrow as pa
 
@@ -109,7 +109,9 @@ def _table(batch: list[dict], feats: Any, schema: Any) -> Any:
     return pa.Table.from_pydict(feats.encode_batch(columns), schema=schema)
 
 
-def write_hf(parts: Mapping[str, Sequence[Sample]], folder: Path, description: str = "") -> None:
+def write_hf(
+    parts: Mapping[str, Sequence[LabelledSample]], folder: Path, description: str = ""
+) -> None:
     """``DatasetDict(parts).save_to_disk(folder)``, written beside it and renamed into place
     so a failed build never leaves a half folder behind. A split without samples is left out
     (``datasets`` cannot load an empty one back)."""

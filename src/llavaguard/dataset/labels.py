@@ -9,7 +9,6 @@ naming the file and row.
 
 from __future__ import annotations
 
-import json
 import os
 from collections import Counter
 from pathlib import Path
@@ -78,17 +77,21 @@ def import_labels(
     policy: str | None = None,
 ) -> dict[str, Any]:
     """Rows with ``image`` and ``score`` (or ``rating``) and ``category`` (or ``label``) ->
-    a labelled-images JSONL that ``dataset build`` reads; returns the counts. Categories are
-    resolved against ``policy`` (default: the built-in one)."""
-    from llavaguard.evaluate.data import read_rows
+    a labelled-images JSONL (``inputs.labels``, with the source score and label beside each
+    row) that ``dataset build`` reads; returns the counts. Categories are resolved against
+    ``policy`` (default: the built-in one), which the rows name."""
+    from llavaguard.inputs.labels import LabelledSample, write_labels
+    from llavaguard.inputs.tables import iter_rows, row_where
     from llavaguard.policy import Policy, canonical_category
 
     scores, categories = load_mapping(mapping)
     active = Policy.load(policy)
     base = Path(path).parent
-    kept, dropped = [], Counter()
-    for i, row in enumerate(read_rows(path), 1):
-        where = f"{path}:{i}"
+    kept: list[LabelledSample] = []
+    sources: list[dict[str, Any]] = []
+    dropped: Counter[str] = Counter()
+    for i, row in enumerate(iter_rows(path), 1):
+        where = row_where(path, i)
         image = str(row.get("image") or "")
         if not image:
             raise ConfigError(f"{where}: no image")
@@ -114,16 +117,15 @@ def import_labels(
         if rating == "Unsafe" and code == "NA":
             dropped["unsafe without a category"] += 1
             continue
-        kept.append({"id": str(row.get("id") or image), "image": full, "rating": rating,
-                     "category": category, "rationale": row.get("rationale") or "",
-                     "source_score": row.get("score"), "source_label": label})  # fmt: skip
-    out = Path(output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
+        kept.append(LabelledSample(id=str(row.get("id") or image), image=full, rating=rating,
+                                   category=category, policy=active,
+                                   rationale=str(row.get("rationale") or "")))  # fmt: skip
+        sources.append({"source_score": row.get("score"), "source_label": label})
+    write_labels(kept, output, extra=sources)
     return {
         "rows": len(kept) + sum(dropped.values()),
         "kept": len(kept),
         "dropped": dict(dropped),
-        "ratings": dict(Counter(r["rating"] for r in kept)),
-        "categories": dict(Counter(r["category"] for r in kept)),
+        "ratings": dict(Counter(s.rating for s in kept)),
+        "categories": dict(Counter(s.category for s in kept)),
     }

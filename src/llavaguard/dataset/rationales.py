@@ -12,7 +12,7 @@ Files: ``<output>`` holds the rows with a rationale (and, with ``drop_rejected=F
 rejected ones without); ``<stem>.rejected.jsonl`` beside it holds the rest, errors always.
 
 What this module does not know: how a model is run (the engine) or what the labels mean
-beyond Safe/Unsafe and a category label (the policy and ``dataset.build``).
+beyond Safe/Unsafe and a category label (the policy and ``inputs.labels``).
 """
 
 from __future__ import annotations
@@ -31,10 +31,10 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from llavaguard.dataset.build import LabelledImage, read_labelled
 from llavaguard.engines import Engine, GenerationConfig, VisionRequest, generate_isolated
 from llavaguard.errors import ConfigError, ImageError
 from llavaguard.guard.spec import GuardSpec
+from llavaguard.inputs.labels import LabelledSample, label_row, read_labels
 from llavaguard.policy import Policy, canonical_category
 
 # ---- the teacher prompt: the only place it is written ----------------------------------------
@@ -351,12 +351,13 @@ def generate_rationales(
     with nothing left does not load a large teacher), and the engine it gives is closed here.
     """
     from llavaguard import __version__
-    from llavaguard.evaluate.data import read_rows
+    from llavaguard.inputs.tables import iter_rows
 
     cfg = config or RationaleConfig()
     active = Policy.load(policy)
-    images = read_labelled(str(labels))
-    raw = {str(r.get("id") or r.get("image")): r for r in read_rows(labels)}
+    # the labels mean what they mean under the policy given, whose codes may be its own
+    images = read_labels(labels, active, require_images=True)
+    raw = {str(r.get("id") or r.get("image")): r for r in iter_rows(labels)}
     out, side = Path(output), rejected_path(output)
     if cfg.overwrite:
         out.unlink(missing_ok=True)
@@ -377,12 +378,11 @@ def generate_rationales(
     reasons: Counter[str] = Counter()
     writer = _Writer(out, side, cfg.drop_rejected)
 
-    def emit(img: LabelledImage, fields: dict[str, Any]) -> None:
+    def emit(img: LabelledSample, fields: dict[str, Any]) -> None:
         given = {k: v for k, v in raw.get(img.id, {}).items() if k not in _WRITTEN}
         if img.rationale:
             given["input_rationale"] = img.rationale
-        writer.write({**given, "id": img.id, "image": img.image, "rating": img.rating,
-                      "category": img.category, **fields, **meta, "time": _now()})  # fmt: skip
+        writer.write({**given, **label_row(img), **fields, **meta, "time": _now()})
         counts[fields["status"]] += 1
         if fields["status"] == "rejected":
             reasons[fields["reason"].split(":")[0]] += 1
@@ -431,17 +431,17 @@ def _now() -> str:
 
 
 def _run_batch(
-    batch: Sequence[LabelledImage],
+    batch: Sequence[LabelledSample],
     engine: Engine,
     policy: Policy,
     cfg: RationaleConfig,
-    emit: Callable[[LabelledImage, dict[str, Any]], None],
+    emit: Callable[[LabelledSample, dict[str, Any]], None],
 ) -> None:
     """Emit each row of a batch as soon as it is finished: unreadable images at once, then
     each attempt's accepted rows, and last the rows the final attempt could not fix."""
     from llavaguard.inputs.images import fit_pixels, load_image
 
-    def finish(img: LabelledImage, status: str, reason: str | None, attempts: int,
+    def finish(img: LabelledSample, status: str, reason: str | None, attempts: int,
                gen: GenerationConfig | None, rationale: str = "") -> None:  # fmt: skip
         fields = {"rationale": rationale if status == "ok" else "", "status": status,
                   "reason": reason, "attempts": attempts,
@@ -450,7 +450,7 @@ def _run_batch(
             fields["last_candidate"] = rationale
         emit(img, fields)
 
-    pending: list[tuple[LabelledImage, Any, str]] = []
+    pending: list[tuple[LabelledSample, Any, str]] = []
     for img in batch:
         try:
             pixels = load_image(img.image, name=img.id)

@@ -15,15 +15,9 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from llavaguard.evaluate import metrics as M
-from llavaguard.evaluate.data import (
-    Joined,
-    LabelledSample,
-    Prediction,
-    join,
-    load_labels,
-    load_predictions,
-)
+from llavaguard.evaluate.data import Joined, Prediction, join, load_predictions
 from llavaguard.guard.spec import GuardSpec
+from llavaguard.inputs.labels import LabelledSample, read_labels
 
 SCHEMA_VERSION = 1
 
@@ -258,7 +252,7 @@ def evaluate(
     from llavaguard.evaluate.variants import make_variants
 
     cfg = cfg or EvalConfig(**kw)
-    samples = load_labels(cfg.labels)
+    samples = read_labels(cfg.labels)
     if cfg.variants:
         samples = samples + make_variants(samples, cfg.variants, seed=cfg.seed)
     source: dict[str, Any]

@@ -9,7 +9,6 @@ pipeline, and a bad member becomes an error row there, not an exception here.
 
 from __future__ import annotations
 
-import csv
 import glob
 import os
 import tarfile
@@ -20,6 +19,7 @@ from typing import Any
 
 from llavaguard.errors import ConfigError
 from llavaguard.inputs.images import IMAGE_EXTENSIONS, expand_paths
+from llavaguard.inputs.tables import iter_rows
 
 
 @dataclass(frozen=True)
@@ -69,27 +69,15 @@ def path_list(paths: list[str], options: dict[str, Any]) -> Iterator[Item]:
                     yield Item(id=line, key=path, data=path)
 
 
-def _table_rows(path: str, columns: list[str] | None = None) -> Iterator[dict[str, Any]]:
-    if path.lower().endswith(".parquet"):
-        import pyarrow.parquet as pq
-
-        pf = pq.ParquetFile(path)
-        for batch in pf.iter_batches(batch_size=1024, columns=columns):
-            yield from batch.to_pylist()
-    else:
-        with open(path, newline="", encoding="utf-8") as f:
-            yield from csv.DictReader(f)
-
-
 @_source("table")
 def table(paths: list[str], options: dict[str, Any]) -> Iterator[Item]:
-    """CSV or Parquet with a path column (``--path-column``, default ``path``; relative paths
+    """CSV, JSONL or Parquet with a path column (``--path-column``, default ``path``; relative paths
     are relative to the table's folder) and an optional id column (``--id-column``)."""
     path_col = options.get("path_column") or "path"
     id_col = options.get("id_column")
     for arg in paths:
         base = Path(arg).parent
-        for n, row in enumerate(_table_rows(arg), 1):
+        for n, row in enumerate(iter_rows(arg), 1):
             if path_col not in row:
                 raise ConfigError(f"{arg}: no column {path_col!r} (columns: {', '.join(row)})")
             value = row[path_col]
@@ -171,7 +159,7 @@ def hf_dataset(paths: list[str], options: dict[str, Any]) -> Iterator[Item]:
 
 def _arrow_rows(path: str) -> Iterator[dict[str, Any]]:
     if path.endswith(".parquet"):
-        yield from _table_rows(path)
+        yield from iter_rows(path)
         return
     import pyarrow as pa
 
@@ -218,7 +206,7 @@ def detect(paths: list[str]) -> str:
         return "webdataset"
     if low.endswith((".txt", ".lst")):
         return "list"
-    if low.endswith((".csv", ".parquet")):
+    if low.endswith((".csv", ".jsonl", ".parquet")):
         return "table"
     return "folder"  # image files given one by one
 

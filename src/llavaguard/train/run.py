@@ -101,12 +101,12 @@ def _dtype(name: str) -> Any:
 
 
 def _eval_samples(data: Path, n: int, seed: int) -> list[Any]:
-    from llavaguard.evaluate.data import load_labels
+    from llavaguard.inputs.labels import read_labels
 
     path = data / "test.labels.jsonl"
     if n == 0 or not path.is_file():
         return []
-    samples = load_labels(path)
+    samples = read_labels(path)
     random.Random(seed).shuffle(samples)
     return samples[:n]
 
