@@ -27,14 +27,14 @@ from llavaguard.errors import ConfigError, EngineError, ImageError, LlavaGuardEr
 from llavaguard.serve.batcher import Batcher, QueueFull
 from llavaguard.serve.config import ServeConfig
 from llavaguard.serve.metrics import Metrics
-from llavaguard.serve.schemas import (
+from llavaguard.serve.protocol import (
     AssessRequest,
     ChatRequest,
     ErrorResponse,
     ModerationRequest,
     ModerationResponse,
-    ModerationResult,
 )
+from llavaguard.serve.protocol.moderations import ModerationResult
 from llavaguard.serve.urls import decode_base64, decode_data_url, fetch
 
 if TYPE_CHECKING:
