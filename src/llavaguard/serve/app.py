@@ -26,6 +26,7 @@ from llavaguard import __version__
 from llavaguard.errors import ConfigError, EngineError, ImageError, LlavaGuardError, PolicyError
 from llavaguard.serve.batcher import Batcher, QueueFull
 from llavaguard.serve.config import ServeConfig
+from llavaguard.serve.jobs import AssessJob, ChatJob, Job, TopLogprobsJob
 from llavaguard.serve.metrics import Metrics
 from llavaguard.serve.protocol import (
     AssessRequest,
@@ -67,7 +68,6 @@ class Service:
         self.limits = ImageLimits(
             max_bytes=int(config.max_body_mb * 1024 * 1024), max_pixels=config.max_image_pixels
         )
-        self.policies: dict[str, Policy] = {}
         self.metrics = Metrics()
         self.batcher = Batcher(
             self.run,
@@ -79,27 +79,12 @@ class Service:
         self.metrics.queue_depth.set_function(lambda: self.batcher.depth)
 
     # runs in the model thread
-    def run(self, key: tuple, payloads: list[Any]) -> list[Any]:
-        kind = key[0]
-        if kind == "assess":
-            policy = self.policies[key[1]]
-            return self.guard.assess(
-                [p[1] for p in payloads], policy=policy, ids=[p[0] for p in payloads],
-                batch_size=len(payloads),
-            )  # fmt: skip
-        engine = self.guard.engine
-        if kind == "chat":
-            from llavaguard.engines import GenerationConfig, generate_isolated
+    def run(self, job: Job, payloads: list[Any]) -> list[Any]:
+        return job.run(self.guard, payloads)
 
-            config = GenerationConfig.model_validate_json(key[1])
-            return generate_isolated(engine, payloads, config)
-        if kind == "top":
-            return engine.top_logprobs(payloads, key[1])
-        raise AssertionError(kind)
-
-    async def submit(self, key: tuple, payload: Any) -> Any:
+    async def submit(self, job: Job, payload: Any) -> Any:
         try:
-            return await self.batcher.submit(key, payload, self.config.request_timeout)
+            return await self.batcher.submit(job, payload, self.config.request_timeout)
         except QueueFull as e:
             raise ApiError(503, f"server busy: {e}; retry shortly", "server_busy") from None
         except TimeoutError:
@@ -146,11 +131,10 @@ class Service:
             policy = base.with_states(allow=allow, sensitive=sensitive)
         except (PolicyError, ConfigError) as e:
             raise ApiError(400, str(e)) from None
-        self.policies.setdefault(policy.id, policy)
         return policy
 
     async def assess(self, image: Any, policy: Policy, image_id: str) -> dict[str, Any]:
-        a = await self.submit(("assess", policy.id), (image_id, image))
+        a = await self.submit(AssessJob(policy), (image_id, image))
         if a.failed:
             raise ApiError(502, f"the model failed on this image: {a.error}", "engine_error")
         return a.model_dump(mode="json")
@@ -343,7 +327,7 @@ def install_routes(app: FastAPI, config: ServeConfig) -> None:
         if want_top:
             if not s.guard.engine.capabilities.top_logprobs:
                 raise ApiError(400, f"engine {s.guard.engine.name} gives no log-probabilities")
-            top = await s.submit(("top", body.top_logprobs), vision)
+            top = await s.submit(TopLogprobsJob(body.top_logprobs), vision)
             text = top[0][0]
             logprobs = {"content": [{
                 "token": text, "logprob": top[0][1], "bytes": list(text.encode()),
@@ -351,7 +335,7 @@ def install_routes(app: FastAPI, config: ServeConfig) -> None:
                                  for t, lp in top],
             }]}  # fmt: skip
         else:
-            text = await s.submit(("chat", config.model_dump_json()), vision)
+            text = await s.submit(ChatJob(config), vision)
             if isinstance(text, Exception):
                 raise ApiError(502, str(text), "engine_error")
         return {
