@@ -380,6 +380,46 @@ def test_image_urls_never_reach_private_addresses():
             fetch(url, max_bytes=1000)
 
 
+def test_equal_typed_jobs_share_a_batch():
+    """The batcher groups requests by their typed job: the same policy (by id) or the same
+    decoding options batch together, a different job waits for its own batch."""
+    import asyncio
+
+    from llavaguard.engines import GenerationConfig
+    from llavaguard.serve.batcher import Batcher
+    from llavaguard.serve.jobs import AssessJob, ChatJob, TopLogprobsJob
+
+    schema = {"type": "object", "properties": {"rating": {"type": "string"}}}
+    assert AssessJob(Policy.load()) == AssessJob(Policy.load())
+    assert AssessJob(Policy.load()) != AssessJob(Policy.load(allow="O3"))
+    assert hash(ChatJob(GenerationConfig(json_schema=schema))) == hash(
+        ChatJob(GenerationConfig(json_schema=json.loads(json.dumps(schema))))
+    )
+    assert ChatJob(GenerationConfig(max_new_tokens=1)) != ChatJob(GenerationConfig())
+    assert len({TopLogprobsJob(20), TopLogprobsJob(20), TopLogprobsJob(5)}) == 2
+    seen = []
+
+    def run(job, payloads):
+        seen.append(list(payloads))
+        return [ValueError("odd") if p == 3 else p * 10 for p in payloads]
+
+    async def main():
+        batcher = Batcher(run, max_batch=8, max_wait_ms=100)
+        batcher.start()
+        jobs = [AssessJob(Policy.load()), ChatJob(GenerationConfig()),
+                AssessJob(Policy.load()), ChatJob(GenerationConfig())]  # fmt: skip
+        try:
+            return await asyncio.gather(
+                *(batcher.submit(job, i) for i, job in enumerate(jobs)), return_exceptions=True
+            )
+        finally:
+            await batcher.stop()
+
+    answers = asyncio.run(main())
+    assert answers[:3] == [0, 10, 20] and isinstance(answers[3], ValueError)
+    assert seen == [[0, 2], [1, 3]]  # a payload's own failure is only its own
+
+
 def test_evaluate_through_the_remote_engine(setup, tmp_path):
     rows = [
         {"id": "a", "image": str(setup["photos"][0]), "rating": "Unsafe", "category": "O1"},

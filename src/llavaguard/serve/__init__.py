@@ -1,7 +1,11 @@
 """The HTTP service: ``create_app`` builds it, ``serve`` runs it with uvicorn.
 
-Flow: routes (``app``) parse and validate -> ``Service`` decodes images and resolves policies
--> ``Batcher`` groups concurrent requests -> the Guard's engine, one model in memory.
+Laid out like vLLM's OpenAI-compatible server: ``protocol`` (request and response models, one
+module per endpoint group) -> thin ``routes`` -> one handler per endpoint (``handlers``: decode
+and check the input, build the answer) -> ``Runtime.submit`` with a typed job (``jobs``) ->
+the ``Batcher`` runs equal jobs as one batch on the Guard, one model in memory. ``app`` is the
+factory with the lifespan; ``errors`` the one error shape. Importing this package loads none of
+that (nor FastAPI): ``create_app`` imports it when called.
 """
 
 from __future__ import annotations

@@ -1,10 +1,11 @@
-"""Dynamic batching: concurrent requests with the same key run as one engine batch.
+"""Dynamic batching: concurrent requests with equal jobs run as one engine batch.
 
-One worker owns the model. It takes the oldest waiting job, waits up to ``max_wait_ms`` for
-more jobs with the same key (same policy, same decoding options) up to ``max_batch``, and runs
-them together in a thread so the event loop keeps accepting requests. The queue is bounded:
-a full queue refuses new jobs at once (the server answers 503 with Retry-After) instead of
-growing without limit. A job whose caller gave up (timeout, disconnect) is skipped.
+One worker owns the model. It takes the oldest waiting request, waits up to ``max_wait_ms``
+for more requests with an equal job (see ``jobs``: same policy, same decoding options) up to
+``max_batch``, and runs them together in a thread so the event loop keeps accepting requests.
+The queue is bounded: a full queue refuses new requests at once (the server answers 503 with
+Retry-After) instead of growing without limit. A request whose caller gave up (timeout,
+disconnect) is skipped. The batcher knows jobs only as hashable keys handed to ``run``.
 """
 
 from __future__ import annotations
@@ -24,8 +25,10 @@ class QueueFull(Exception):
 
 
 @dataclass
-class _Job:
-    key: Hashable
+class _Waiting:
+    """One request in the queue: its job (the grouping key), its payload, its caller."""
+
+    job: Hashable
     payload: Any
     future: asyncio.Future
     queued: float = field(default_factory=time.perf_counter)
@@ -35,6 +38,8 @@ Runner = Callable[[Hashable, Sequence[Any]], Sequence[Any]]
 
 
 class Batcher:
+    """Groups waiting requests by job and runs each group with ``run(job, payloads)``."""
+
     def __init__(
         self,
         run: Runner,
@@ -49,14 +54,14 @@ class Batcher:
         self.max_wait = max_wait_ms / 1000
         self.max_queue = max_queue
         self.on_batch = on_batch
-        self._jobs: deque[_Job] = deque()
+        self._queue: deque[_Waiting] = deque()
         self._wake = asyncio.Event()
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="llavaguard-model")
         self._task: asyncio.Task | None = None
 
     @property
     def depth(self) -> int:
-        return len(self._jobs)
+        return len(self._queue)
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._work())
@@ -66,17 +71,18 @@ class Batcher:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        for job in self._jobs:
-            if not job.future.done():
-                job.future.set_exception(QueueFull("the server is shutting down"))
+        for waiting in self._queue:
+            if not waiting.future.done():
+                waiting.future.set_exception(QueueFull("the server is shutting down"))
         self._executor.shutdown(wait=False, cancel_futures=True)
 
-    async def submit(self, key: Hashable, payload: Any, timeout: float | None = None) -> Any:
-        """The job's result; QueueFull at capacity, TimeoutError past ``timeout`` seconds."""
-        if len(self._jobs) >= self.max_queue:
-            raise QueueFull(f"{len(self._jobs)} requests waiting")
+    async def submit(self, job: Hashable, payload: Any, timeout: float | None = None) -> Any:
+        """The payload's result; QueueFull at capacity, TimeoutError past ``timeout`` seconds;
+        an Exception that ``run`` returned or raised for it is raised here."""
+        if len(self._queue) >= self.max_queue:
+            raise QueueFull(f"{len(self._queue)} requests waiting")
         future = asyncio.get_running_loop().create_future()
-        self._jobs.append(_Job(key, payload, future))
+        self._queue.append(_Waiting(job, payload, future))
         self._wake.set()
         try:
             return await asyncio.wait_for(asyncio.shield(future), timeout)
@@ -84,65 +90,70 @@ class Batcher:
             future.cancel()  # the worker skips it if it has not started
             raise
 
-    def _take(self) -> list[_Job]:
-        """Up to max_batch live jobs sharing the oldest live job's key, in arrival order."""
-        while self._jobs and self._jobs[0].future.done():
-            self._jobs.popleft()
-        if not self._jobs:
+    def _take(self) -> list[_Waiting]:
+        """Up to max_batch live requests sharing the oldest live request's job, in order."""
+        while self._queue and self._queue[0].future.done():
+            self._queue.popleft()
+        if not self._queue:
             return []
-        key = self._jobs[0].key
+        job = self._queue[0].job
         batch, rest = [], deque()
-        while self._jobs:
-            job = self._jobs.popleft()
-            if job.future.done():
+        while self._queue:
+            waiting = self._queue.popleft()
+            if waiting.future.done():
                 continue
-            if job.key == key and len(batch) < self.max_batch:
-                batch.append(job)
+            if waiting.job == job and len(batch) < self.max_batch:
+                batch.append(waiting)
             else:
-                rest.append(job)
-        self._jobs = rest
+                rest.append(waiting)
+        self._queue = rest
         return batch
 
-    def _same_key_waiting(self) -> int:
-        key = self._jobs[0].key
-        return sum(1 for j in self._jobs if j.key == key and not j.future.done())
+    def _same_job_waiting(self) -> int:
+        job = self._queue[0].job
+        return sum(1 for w in self._queue if w.job == job and not w.future.done())
 
     async def _work(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
-            while not self._jobs:
+            while not self._queue:
                 self._wake.clear()
                 await self._wake.wait()
-            # gather: wait for more jobs of the oldest one's key, up to the deadline
-            deadline = self._jobs[0].queued + self.max_wait
-            while self._jobs and self._same_key_waiting() < self.max_batch:
-                remaining = deadline - time.perf_counter()
-                if remaining <= 0:
-                    break
-                self._wake.clear()
-                try:
-                    await asyncio.wait_for(self._wake.wait(), remaining)
-                except TimeoutError:
-                    break
+            await self._gather()
             batch = self._take()
-            if not batch:
-                continue
-            started = time.perf_counter()
+            if batch:
+                await self._run(batch)
+
+    async def _gather(self) -> None:
+        """Wait for more requests with the oldest one's job, up to its deadline."""
+        deadline = self._queue[0].queued + self.max_wait
+        while self._queue and self._same_job_waiting() < self.max_batch:
+            remaining = deadline - time.perf_counter()
+            if remaining <= 0:
+                return
+            self._wake.clear()
             try:
-                results = await loop.run_in_executor(
-                    self._executor, self.run, batch[0].key, [j.payload for j in batch]
-                )
-            except Exception as e:  # the whole batch failed: every caller hears why
-                for job in batch:
-                    if not job.future.done():
-                        job.future.set_exception(e)
-                continue
-            finally:
-                if self.on_batch is not None:
-                    self.on_batch(len(batch), time.perf_counter() - started)
-            for job, result in zip(batch, results, strict=True):
-                if not job.future.done():
-                    if isinstance(result, Exception):
-                        job.future.set_exception(result)
-                    else:
-                        job.future.set_result(result)
+                await asyncio.wait_for(self._wake.wait(), remaining)
+            except TimeoutError:
+                return
+
+    async def _run(self, batch: list[_Waiting]) -> None:
+        """Run one batch in the model thread and hand each caller its result."""
+        started = time.perf_counter()
+        try:
+            results = await asyncio.get_running_loop().run_in_executor(
+                self._executor, self.run, batch[0].job, [w.payload for w in batch]
+            )
+        except Exception as e:  # the whole batch failed: every caller hears why
+            for waiting in batch:
+                if not waiting.future.done():
+                    waiting.future.set_exception(e)
+            return
+        finally:
+            if self.on_batch is not None:
+                self.on_batch(len(batch), time.perf_counter() - started)
+        for waiting, result in zip(batch, results, strict=True):
+            if not waiting.future.done():
+                if isinstance(result, Exception):
+                    waiting.future.set_exception(result)
+                else:
+                    waiting.future.set_result(result)

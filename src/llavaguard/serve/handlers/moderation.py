@@ -1,0 +1,68 @@
+"""POST /v1/moderations: OpenAI's moderation endpoint for images.
+
+One result per image part, judged under the server's policy through the assess handler (so
+moderation and assess requests batch together); OpenAI's fields are derived from each
+assessment, which each result also carries in full.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import TYPE_CHECKING
+
+from llavaguard.serve.errors import ApiError
+from llavaguard.serve.handlers.base import Handler
+from llavaguard.serve.protocol.moderations import (
+    ModerationRequest,
+    ModerationResponse,
+    ModerationResult,
+)
+
+if TYPE_CHECKING:
+    from llavaguard.guard import Assessment
+    from llavaguard.policy import Policy
+    from llavaguard.serve.handlers.assess import AssessHandler
+    from llavaguard.serve.runtime import Runtime
+
+
+class ModerationHandler(Handler):
+    def __init__(self, runtime: Runtime, assess: AssessHandler) -> None:
+        super().__init__(runtime)
+        self.assess = assess
+
+    async def create(self, body: ModerationRequest) -> ModerationResponse:
+        parts = body.input if isinstance(body.input, list) else [body.input]
+        urls = [p.image_url.url for p in parts if not isinstance(p, str) and p.image_url]
+        if not urls:
+            raise ApiError(400, "llavaguard moderates images: give image_url input parts")
+        policy = self.policy()
+        images = [await self.image(url=u) for u in urls]
+        assessments = await asyncio.gather(
+            *(self.assess.judge(image, policy, f"input-{i}") for i, image in enumerate(images))
+        )
+        return ModerationResponse(
+            id=f"modr-{uuid.uuid4().hex}",
+            model=self.guard.engine.model_id,
+            results=[moderation_result(a, policy) for a in assessments],
+        )
+
+
+def moderation_result(a: Assessment, policy: Policy) -> ModerationResult:
+    """OpenAI's fields from an assessment. With scores, a category's score is
+    P(Unsafe) x P(category | the answered rating): for an Unsafe answer the probability of
+    "unsafe, for this category"; without scores, 1 for the flagged category, else 0."""
+    flagged = a.rating == "Unsafe"
+    labels = [c.label for c in policy.categories]
+    named = {label: flagged and a.category == label for label in labels}
+    if a.score is not None and a.category_scores:
+        scores = {label: a.score * a.category_scores.get(label, 0.0) for label in labels}
+    else:
+        scores = {label: float(named[label]) for label in labels}
+    return ModerationResult(
+        flagged=flagged,
+        categories=named,
+        category_scores=scores,
+        category_applied_input_types={label: ["image"] for label in labels},
+        assessment=a.model_dump(mode="json"),
+    )
