@@ -9,7 +9,7 @@ error, listing the valid names, so a typo is fixed from the message alone.
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any, Generic, TypeVar
 
 from llavaguard.errors import ConfigError
@@ -20,9 +20,14 @@ T = TypeVar("T")
 class Registry(Generic[T]):
     """Names -> objects of one kind (``kind`` is how error messages call them)."""
 
-    def __init__(self, kind: str, entries: dict[str, T | str] | None = None) -> None:
+    def __init__(
+        self, kind: str, entries: dict[str, T | str] | None = None, also: tuple[str, ...] = ()
+    ) -> None:
+        """``also``: names callers accept beside the entries (``auto``, ``all``), listed first
+        in the lookup error."""
         self.kind = kind
         self._entries: dict[str, T | str] = dict(entries or {})
+        self.also = also
 
     def register(self, name: str, target: T | str | None = None) -> Any:
         """Add ``name``; used bare as a decorator (``@registry.register("x")``) too."""
@@ -40,14 +45,15 @@ class Registry(Generic[T]):
         try:
             entry = self._entries[name]
         except KeyError:
-            raise ConfigError(
-                f"unknown {self.kind} {name!r} (valid: {', '.join(self.names())})"
-            ) from None
+            valid = ", ".join([*self.also, *self.names()])
+            raise ConfigError(f"unknown {self.kind} {name!r} (valid: {valid})") from None
         if isinstance(entry, str) and ":" in entry:
             module, attr = entry.split(":", 1)
             entry = getattr(importlib.import_module(module), attr)
             self._entries[name] = entry
         return entry  # type: ignore[return-value]
+
+    __getitem__ = get
 
     def get_many(self, names: list[str]) -> list[T]:
         """Look up several names; the first unknown one is the error."""
@@ -64,11 +70,3 @@ class Registry(Generic[T]):
 
     def __len__(self) -> int:
         return len(self._entries)
-
-
-def check_names(kind: str, names: list[str], valid: list[str] | Callable[[], list[str]]) -> None:
-    """Refuse the first name that is not among ``valid`` with the registry's one-line error."""
-    allowed = valid() if callable(valid) else valid
-    for name in names:
-        if name not in allowed:
-            raise ConfigError(f"unknown {kind} {name!r} (valid: {', '.join(allowed)})")

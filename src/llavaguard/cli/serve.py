@@ -8,7 +8,7 @@ from llavaguard.cli.options import DECODING, MODEL, POLICY, guard_options
 from llavaguard.guard.spec import GuardSpec
 
 
-# --api-key here is the keys the server accepts; the served engine runs in this process
+# --api-key here names the keys the server accepts (a list); the engine runs in this process
 @guard_options(
     tuple(n for n in MODEL if n not in ("base_url", "api_key", "concurrency")),
     POLICY,
@@ -24,7 +24,7 @@ def serve(
     max_queue: int = typer.Option(64, "--max-queue", min=1, help="Waiting requests, then 503."),
     request_timeout: float = typer.Option(300.0, "--timeout", help="Seconds, then 504."),
     max_body_mb: float = typer.Option(20.0, "--max-body-mb", help="Largest request body."),
-    api_key: list[str] = typer.Option(
+    accepted_keys: list[str] = typer.Option(
         [],
         "--api-key",
         envvar="LLAVAGUARD_API_KEYS",
@@ -43,7 +43,7 @@ def serve(
     config = ServeConfig(
         guard=spec, host=host, port=port, max_batch_size=max_batch_size,
         max_wait_ms=max_wait_ms, max_queue=max_queue, request_timeout=request_timeout,
-        max_body_mb=max_body_mb, api_keys=[k for key in api_key for k in key.split(",") if k],
+        max_body_mb=max_body_mb, api_keys=[k for key in accepted_keys for k in key.split(",") if k],
         allow_image_urls=allow_image_urls,
     )  # fmt: skip
     run(config)

@@ -8,10 +8,12 @@ from pathlib import Path
 import typer
 
 from llavaguard.cli.common import err_console
+from llavaguard.cli.options import shared_option
+from llavaguard.models import DEFAULT_MODEL
 
 
 def train(
-    model: str = typer.Option(..., "--model", "-m", help="Model id or folder to fine-tune."),
+    model: str | None = shared_option("model"),
     data: Path = typer.Option(..., "--data", help="Folder written by `llavaguard dataset build`."),
     output: Path = typer.Option(Path("llavaguard-model"), "--output", "-o"),
     method: str = typer.Option("full", "--method", help="full (the reference recipe) or lora."),
@@ -35,25 +37,26 @@ def train(
     ),
     save_steps: int | None = typer.Option(None, "--save-steps", help="Default: as --eval-steps."),
     gradient_checkpointing: bool = typer.Option(False, "--gradient-checkpointing"),
-    dtype: str = typer.Option("auto", "--dtype", help="auto, bfloat16, float16 or float32."),
+    dtype: str | None = shared_option("dtype"),
     resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint."),
     merge: bool = typer.Option(False, "--merge", help="Also write OUTPUT/merged, a model folder."),
     seed: int = typer.Option(0, "--seed"),
     report_to: str = typer.Option("", "--report-to", help="e.g. tensorboard or wandb."),
 ) -> None:
-    """Fine-tune MODEL on a built dataset: loss on the answer only, vision tower frozen, the
-    reference recipe's defaults. Writes checkpoints, OUTPUT/final, train_summary.json, and with
-    --merge a standalone OUTPUT/merged that `llavaguard assess` and `serve` load."""
+    """Fine-tune MODEL (by default the released LlavaGuard v1.2 0.5B) on a built dataset: loss
+    on the answer only, vision tower frozen, the reference recipe's defaults. Writes
+    checkpoints, OUTPUT/final, train_summary.json, and with --merge a standalone
+    OUTPUT/merged that `llavaguard assess` and `serve` load."""
     from llavaguard.train import TrainConfig
     from llavaguard.train import train as run
 
     cfg = TrainConfig(
-        model=model, data=data, output=output, method=method, epochs=epochs,
+        model=model or DEFAULT_MODEL, data=data, output=output, method=method, epochs=epochs,
         learning_rate=learning_rate, batch_size=batch_size,
         effective_batch_size=effective_batch_size, warmup_ratio=warmup_ratio,
         scheduler=scheduler, train_vision=train_vision, train_projector=train_projector,
         lora_r=lora_r, lora_alpha=lora_alpha, eval_steps=eval_steps, eval_samples=eval_samples,
-        save_steps=save_steps, gradient_checkpointing=gradient_checkpointing, dtype=dtype,
+        save_steps=save_steps, gradient_checkpointing=gradient_checkpointing, dtype=dtype or "auto",
         resume=resume, merge=merge, seed=seed,
         report_to=[r for r in report_to.split(",") if r],
     )  # fmt: skip

@@ -31,26 +31,30 @@ from pathlib import Path
 from llavaguard.dataset.exports import FORMATS, check_formats
 
 # the row converters, importable from here as before they had a module of their own
-from llavaguard.dataset.exports import to_llava as to_llava
-from llavaguard.dataset.exports import to_sharegpt as to_sharegpt
-from llavaguard.dataset.exports import to_trl as to_trl
+from llavaguard.dataset.rows import to_llava as to_llava
+from llavaguard.dataset.rows import to_sharegpt as to_sharegpt
+from llavaguard.dataset.rows import to_trl as to_trl
 from llavaguard.errors import ConfigError
 from llavaguard.inputs.labels import LabelledSample, read_labels
 from llavaguard.policy import Policy, edits
 from llavaguard.policy.edits import Edit, edit_rng
+from llavaguard.registry import Registry
 
 V12_RECIPE = ("v3", "v3", "v3", "v2")  # per Unsafe image, beside its default-policy sample
 
 
 # name -> policy edit (``policy.edits``, shared with the evaluation's variants)
-AUGMENTATIONS: dict[str, Edit] = {
-    "v1": edits.allow_each_other,
-    "v2": edits.allow_own,
-    "v2a": edits.allow_own_and_others,
-    "v3": edits.allow_others,
-    "v4": edits.sensitive_own,
-    "v5": edits.sensitive_others,
-}
+AUGMENTATIONS: Registry[Edit] = Registry(
+    "augmentation",
+    {
+        "v1": edits.allow_each_other,
+        "v2": edits.allow_own,
+        "v2a": edits.allow_own_and_others,
+        "v3": edits.allow_others,
+        "v4": edits.sensitive_own,
+        "v5": edits.sensitive_others,
+    },
+)
 
 
 def augment(
@@ -62,11 +66,7 @@ def augment(
     is suffixed ``_v2``. Each entry of each image draws from its own generator
     (``edit_rng(seed, image id, v3_a)``), so adding images does not change the others' samples.
     """
-    unknown = [a for a in recipe if a not in AUGMENTATIONS]
-    if unknown:
-        raise ConfigError(
-            f"unknown augmentation {unknown[0]!r} (valid: {', '.join(AUGMENTATIONS)})"
-        )
+    AUGMENTATIONS.get_many(list(recipe))  # an unknown name stops here, before any work
     counts = Counter(recipe)
     out: list[LabelledSample] = []
     for img in images:
@@ -171,7 +171,7 @@ def build_dataset(
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
     for fmt in formats:
-        FORMATS[fmt](out, parts)
+        FORMATS.get(fmt)(out, parts)
     summary: dict = {
         "labels": labels,
         "recipe": list(recipe),

@@ -1,6 +1,6 @@
 """The formats a built training set is written in, as a registry (``FORMATS``): name ->
-writer(output folder, {"train": samples, "test": samples}). Row converters are pure
-(``to_llava``, ``to_trl``, ``to_sharegpt``); the labels are written by ``inputs.labels``, the
+writer(output folder, {"train": samples, "test": samples}). Row converters are pure and
+live in ``dataset.rows``; the labels are written by ``inputs.labels``, the
 one writer the evaluation's reader reads back; the Hugging Face folder, which embeds the
 images, lives in ``dataset.hf``. Nothing here augments, splits or counts.
 """
@@ -12,62 +12,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from llavaguard.errors import ConfigError
+from llavaguard.dataset.rows import to_llava, to_sharegpt, to_trl
+from llavaguard.registry import Registry
 
 if TYPE_CHECKING:
     from llavaguard.inputs.labels import LabelledSample
-
-
-def to_llava(samples: Sequence[LabelledSample]) -> list[dict]:
-    """The original LLaVA conversation format: the image first, then the policy."""
-    return [
-        {
-            "id": s.id,
-            "image": s.image,
-            "conversations": [
-                {"from": "human", "value": "<image>\n" + s.policy.text},
-                {"from": "gpt", "value": s.answer()},
-            ],
-        }
-        for s in samples
-    ]
-
-
-def to_trl(samples: Sequence[LabelledSample]) -> list[dict]:
-    """TRL's conversational prompt/completion rows with the image path beside them."""
-    return [
-        {
-            "id": s.id,
-            "images": [s.image],
-            "prompt": [
-                {
-                    "role": "user",
-                    "content": [{"type": "image"}, {"type": "text", "text": s.policy.text}],
-                }
-            ],
-            "completion": [
-                {"role": "assistant", "content": [{"type": "text", "text": s.answer()}]}
-            ],
-        }
-        for s in samples
-    ]
-
-
-def to_sharegpt(samples: Sequence[LabelledSample]) -> list[dict]:
-    """LLaMA-Factory's multimodal sharegpt rows (its ``mllm_demo`` layout): one ``<image>`` in
-    the user turn, written as in the LLaVA export, and the image path in ``images``; ``id`` is
-    extra (LLaMA-Factory drops columns it is not told about)."""
-    return [
-        {
-            "id": s.id,
-            "messages": [
-                {"role": "user", "content": "<image>\n" + s.policy.text},
-                {"role": "assistant", "content": s.answer()},
-            ],
-            "images": [s.image],
-        }
-        for s in samples
-    ]
 
 
 def sharegpt_info(prefix: str = "llavaguard") -> dict:
@@ -122,18 +71,19 @@ def _write_hf(out: Path, parts: Parts) -> None:
 
 # name -> writer(output folder, {"train": samples, "test": samples}); hf first: it is the one
 # that reads every image, so a missing or broken image stops the build before the rest.
-FORMATS: dict[str, Callable[[Path, Parts], None]] = {
-    "hf": _write_hf,
-    "llava": lambda out, parts: _write_json(out, parts, "llava", to_llava),
-    "trl": lambda out, parts: _write_jsonl(out, parts, "trl", to_trl),
-    "sharegpt": _write_sharegpt,
-    "labels": _write_labels,
-}
+FORMATS: Registry[Callable[[Path, Parts], None]] = Registry(
+    "format",
+    {
+        "hf": _write_hf,
+        "llava": lambda out, parts: _write_json(out, parts, "llava", to_llava),
+        "trl": lambda out, parts: _write_jsonl(out, parts, "trl", to_trl),
+        "sharegpt": _write_sharegpt,
+        "labels": _write_labels,
+    },
+)
 
 
 def check_formats(formats: Sequence[str]) -> list[str]:
     """The formats to write, in FORMATS order; ``labels`` always (the evaluation reads it)."""
-    unknown = [f for f in formats if f not in FORMATS]
-    if unknown:
-        raise ConfigError(f"unknown format {unknown[0]!r} (valid: {', '.join(FORMATS)})")
+    FORMATS.get_many(list(formats))  # an unknown name stops here, before any work
     return [f for f in FORMATS if f in formats or f == "labels"]

@@ -72,7 +72,7 @@ def image_bytes(path: str) -> tuple[bytes, str]:
 
 def rows(samples: Iterable[LabelledSample]) -> Iterator[dict]:
     """One row per sample; ``augmentation`` is None for the default policy, as in labels."""
-    from llavaguard.dataset.exports import to_trl
+    from llavaguard.dataset.rows import to_trl
 
     for s in samples:
         trl = to_trl([s])[0]

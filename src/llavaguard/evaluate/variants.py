@@ -15,22 +15,26 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from llavaguard.errors import ConfigError
 from llavaguard.inputs.labels import LabelledSample
 from llavaguard.policy import edits
 from llavaguard.policy.edits import Edit, edit_rng
+from llavaguard.registry import Registry
 
 # name -> edit; cf. the augmentations of dataset.build: allow-own is v2a, sensitive-own v4,
 # allow-others v3, sensitive-others v5
-KINDS: dict[str, Edit] = {
-    "allow-own": edits.allow_own_and_others,
-    "sensitive-own": edits.sensitive_own,
-    "allow-others": edits.allow_others,
-    "sensitive-others": edits.sensitive_others,
-    "mixed": edits.mixed,
-    "shuffle": edits.shuffle,
-    "rename": edits.rename,
-}
+KINDS: Registry[Edit] = Registry(
+    "variant",
+    {
+        "allow-own": edits.allow_own_and_others,
+        "sensitive-own": edits.sensitive_own,
+        "allow-others": edits.allow_others,
+        "sensitive-others": edits.sensitive_others,
+        "mixed": edits.mixed,
+        "shuffle": edits.shuffle,
+        "rename": edits.rename,
+    },
+    also=("all",),
+)
 
 
 def make_variants(
@@ -41,10 +45,8 @@ def make_variants(
 
     ``kinds`` may be ``["all"]``. Seeded: the same inputs give the same variants.
     """
-    names = list(KINDS) if list(kinds) == ["all"] else list(kinds)
-    unknown = [k for k in names if k not in KINDS]
-    if unknown:
-        raise ConfigError(f"unknown variant {unknown[0]!r} (valid: all, {', '.join(KINDS)})")
+    names = KINDS.names() if list(kinds) == ["all"] else list(kinds)
+    KINDS.get_many(names)  # an unknown name stops here, before any work
     out = []
     for s in samples:
         if not s.default_policy:

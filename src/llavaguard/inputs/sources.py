@@ -20,6 +20,7 @@ from typing import Any
 from llavaguard.errors import ConfigError
 from llavaguard.inputs.images import IMAGE_EXTENSIONS, expand_paths
 from llavaguard.inputs.tables import iter_rows
+from llavaguard.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -33,15 +34,8 @@ class Item:
 
 
 SourceReader = Callable[[list[str], dict[str, Any]], Iterator[Item]]
-SOURCES: dict[str, SourceReader] = {}
-
-
-def _source(name: str) -> Callable[[SourceReader], SourceReader]:
-    def register(fn: SourceReader) -> SourceReader:
-        SOURCES[name] = fn
-        return fn
-
-    return register
+SOURCES: Registry[SourceReader] = Registry("source", also=("auto",))
+_source = SOURCES.register
 
 
 @_source("folder")
@@ -217,12 +211,11 @@ def read_source(paths: list[str], kind: str = "auto", **options: Any) -> Iterato
         raise ConfigError("no input given")
     if kind == "auto":
         kind = detect(paths)
-    if kind not in SOURCES:
-        raise ConfigError(f"unknown source {kind!r} (valid: auto, {', '.join(SOURCES)})")
+    reader = SOURCES.get(kind)
     for p in paths:
         if not any(c in p for c in "*?[") and not os.path.exists(p):
             raise ConfigError(f"{p}: not found")
-    return SOURCES[kind](paths, options)
+    return reader(paths, options)
 
 
 def item_bytes(item: Item) -> bytes:

@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from llavaguard.errors import ConfigError
 from llavaguard.guard.spec import GuardSpec
+from llavaguard.models import DEFAULT_MODEL
 
 # The reference recipe (section 6): the language model fully fine-tuned, vision tower and
 # projector frozen, lr 1e-5, 3 epochs, cosine, 3 % warm-up, effective batch about 125.
@@ -22,7 +23,7 @@ LANGUAGE_LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_pro
 class TrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    model: str = Field(description="Model id or folder to fine-tune.")
+    model: str = Field(DEFAULT_MODEL, description="Model id or folder to fine-tune.")
     data: Path = Field(description="Dataset folder written by `llavaguard dataset build`.")
     output: Path = Field(Path("llavaguard-model"), description="Folder for checkpoints and model.")
     method: Literal["full", "lora"] = Field("full", description="full (the reference) or lora.")
