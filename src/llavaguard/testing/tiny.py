@@ -216,60 +216,40 @@ def _ids(tokenizer: Any, *tokens: str) -> list[int]:
 
 
 def _onevision(tokenizer: Any, *, small: bool = False) -> tuple[Any, Any]:
-    from transformers import (
-        LlavaOnevisionConfig,
-        LlavaOnevisionForConditionalGeneration,
-        LlavaOnevisionImageProcessor,
-        LlavaOnevisionProcessor,
-        LlavaOnevisionVideoProcessor,
-    )
-
-    image, patch = 32, 8
     # The grid lives in both the processor and the model config; they must agree, or the
     # image-token count and the image-feature count differ.
     pinpoints = [[32, 32], [32, 64], [64, 32], [64, 64]]
-    image_id, video_id = _ids(tokenizer, "<image>", "<video>")
-    config = LlavaOnevisionConfig(
-        vision_config=dict(
-            model_type="siglip_vision_model",
-            hidden_size=64 if small else 32,
-            intermediate_size=128 if small else 64,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            image_size=image,
-            patch_size=patch,
-            vision_use_head=False,
-        ),
-        text_config=dict(
-            model_type="qwen2", vocab_size=len(tokenizer), **(_SMALL if small else _TEXT)
-        ),
-        image_token_index=image_id,
-        video_token_index=video_id,
-        vision_feature_select_strategy="full",
-        vision_feature_layer=-1,
-        vision_aspect_ratio="anyres_max_9",
-        image_grid_pinpoints=pinpoints,
-        tie_word_embeddings=True,
-    )
-    model = LlavaOnevisionForConditionalGeneration(config)
-    size = {"height": image, "width": image}
-    norm = dict(image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5])  # SigLIP's
-    processor = LlavaOnevisionProcessor(
-        image_processor=LlavaOnevisionImageProcessor(
-            size=size, image_grid_pinpoints=pinpoints, **norm
-        ),
-        video_processor=LlavaOnevisionVideoProcessor(size=size, **norm),
-        tokenizer=tokenizer,
-        num_image_tokens=(image // patch) ** 2,
-        vision_feature_select_strategy="full",
-        vision_aspect_ratio="anyres_max_9",
-        chat_template=_chatml("<image>\n", "<video>\n", default_system=False),
-    )
-    return model, processor
+    vision = dict(hidden_size=64 if small else 32, intermediate_size=128 if small else 64,
+                  num_hidden_layers=2, num_attention_heads=2)  # fmt: skip
+    text = dict(vocab_size=len(tokenizer), **(_SMALL if small else _TEXT))
+    return _onevision_of(tokenizer, tile=32, patch=8, pinpoints=pinpoints, vision=vision,
+                         text=text)  # fmt: skip
 
 
 def _onevision_05b(tokenizer: Any) -> tuple[Any, Any]:
     """llava-onevision-qwen2-0.5b (the LlavaGuard-v1.2-0.5B-OV architecture) at full size."""
+    tile = 384
+    pinpoints = [[tile * h, tile * w] for h in range(1, 7) for w in range(1, 7)]
+    vision = dict(hidden_size=1152, intermediate_size=4304, num_hidden_layers=26,
+                  num_attention_heads=16)  # fmt: skip
+    text = dict(vocab_size=151936, hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
+                num_attention_heads=14, num_key_value_heads=2, max_position_embeddings=32768,
+                rope_theta=1000000.0, tie_word_embeddings=True)  # fmt: skip
+    return _onevision_of(tokenizer, tile=tile, patch=14, pinpoints=pinpoints, vision=vision,
+                         text=text)  # fmt: skip
+
+
+def _onevision_of(
+    tokenizer: Any,
+    *,
+    tile: int,
+    patch: int,
+    pinpoints: list[list[int]],
+    vision: dict[str, Any],
+    text: dict[str, Any],
+) -> tuple[Any, Any]:
+    """A LLaVA-OneVision model (SigLIP tower, Qwen2 text, anyres_max_9) and its processor,
+    laid out as the released -OV-hf checkpoints are."""
     from transformers import (
         LlavaOnevisionConfig,
         LlavaOnevisionForConditionalGeneration,
@@ -278,32 +258,16 @@ def _onevision_05b(tokenizer: Any) -> tuple[Any, Any]:
         LlavaOnevisionVideoProcessor,
     )
 
-    tile = 384
-    pinpoints = [[tile * h, tile * w] for h in range(1, 7) for w in range(1, 7)]
     image_id, video_id = _ids(tokenizer, "<image>", "<video>")
     config = LlavaOnevisionConfig(
         vision_config=dict(
             model_type="siglip_vision_model",
-            hidden_size=1152,
-            intermediate_size=4304,
-            num_hidden_layers=26,
-            num_attention_heads=16,
             image_size=tile,
-            patch_size=14,
+            patch_size=patch,
             vision_use_head=False,
+            **vision,
         ),
-        text_config=dict(
-            model_type="qwen2",
-            vocab_size=151936,
-            hidden_size=896,
-            intermediate_size=4864,
-            num_hidden_layers=24,
-            num_attention_heads=14,
-            num_key_value_heads=2,
-            max_position_embeddings=32768,
-            rope_theta=1000000.0,
-            tie_word_embeddings=True,
-        ),
+        text_config=dict(model_type="qwen2", **text),
         image_token_index=image_id,
         video_token_index=video_id,
         vision_feature_select_strategy="full",
@@ -321,7 +285,7 @@ def _onevision_05b(tokenizer: Any) -> tuple[Any, Any]:
         ),
         video_processor=LlavaOnevisionVideoProcessor(size=size, **norm),
         tokenizer=tokenizer,
-        num_image_tokens=(tile // 14) ** 2,
+        num_image_tokens=(tile // patch) ** 2,
         vision_feature_select_strategy="full",
         vision_aspect_ratio="anyres_max_9",
         chat_template=_chatml("<image>\n", "<video>\n", default_system=False),
