@@ -1,9 +1,14 @@
-"""Test set-up: never touch the network; find the reference facts beside the checkout."""
+"""Test set-up: never touch the network; the reference facts kept in tests/reference/; tiny
+models built once per run and shared by every test that only reads them."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
+import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -13,20 +18,77 @@ os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 ROOT = Path(__file__).resolve().parents[1]
-REFERENCE = Path(os.environ.get("LLAVAGUARD_REFERENCE", ROOT.parent / "shared" / "reference"))
+# Facts about the released models, kept in the repository (see tests/reference/README.md) ...
+IN_REPO_REFERENCE = ROOT / "tests" / "reference"
+# ... and the team's reference notes they were copied from, when a checkout has them beside it
+# (tests/test_reference.py cross-checks the two).
+SHARED_REFERENCE = Path(
+    os.environ.get("LLAVAGUARD_REFERENCE", ROOT.parent / "shared" / "reference")
+)
 
 
 @pytest.fixture(scope="session")
 def reference() -> Path:
-    if not (REFERENCE / "llavaguard-v1.2-policy.txt").is_file():
-        pytest.fail(f"reference facts not found at {REFERENCE}; set LLAVAGUARD_REFERENCE")
-    return REFERENCE
+    if not (IN_REPO_REFERENCE / "llavaguard-v1.2-policy.txt").is_file():
+        pytest.fail(f"reference facts not found at {IN_REPO_REFERENCE}")
+    return IN_REPO_REFERENCE
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory) -> Callable[..., Path]:
+    """``tiny_models(family, seed=0)``: the folder of a tiny random model of ``family``, built
+    by ``build_tiny_model`` the first time a test asks for it and shared for the rest of the
+    run. Tests load it the way users load any model folder; none may write into it."""
+    built: dict[tuple[str, int], Path] = {}
+
+    def get(family: str = "llava-onevision", seed: int = 0) -> Path:
+        if (family, seed) not in built:
+            from llavaguard.testing import build_tiny_model
+
+            folder = tmp_path_factory.mktemp(f"tiny-{family}-{seed}") / "model"
+            built[family, seed] = build_tiny_model(folder, family, seed=seed)
+        return built[family, seed]
+
+    return get
+
+
+def cli(
+    *args: str, env: dict[str, str] | None = None, cwd: str | os.PathLike | None = None
+) -> subprocess.CompletedProcess:
+    """Run ``llavaguard ARGS`` in this process, through the same ``main`` the command runs,
+    and return what ``run_cli`` returns: the exit code and what went to stdout and stderr.
+
+    No new interpreter, so no second import of torch and transformers: use it wherever the
+    start-up of a real process is not what a test checks. ``env`` only reaches what reads the
+    environment when called (libraries read some variables once, at import: use ``run_cli``
+    for those)."""
+    from llavaguard.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    saved = {k: os.environ.get(k) for k in env or {}}
+    try:
+        os.environ.update(env or {})
+        with (
+            contextlib.chdir(cwd or os.getcwd()),
+            contextlib.redirect_stdout(out),
+            contextlib.redirect_stderr(err),
+        ):
+            try:
+                code = main(list(args))
+            except SystemExit as e:
+                code = e.code if isinstance(e.code, int) else int(e.code is not None)
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    return subprocess.CompletedProcess(["llavaguard", *args], code, out.getvalue(), err.getvalue())
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 300, **kw):
-    """Run the real ``llavaguard`` command in a subprocess."""
-    import subprocess
-
+    """Run the real ``llavaguard`` command in a subprocess: for the tests of start-up (what
+    it imports, how fast it fails), exit codes and signals of a real process."""
     full_env = {**os.environ, **(env or {})}
     return subprocess.run(
         [sys.executable, "-m", "llavaguard", *args],

@@ -1,9 +1,12 @@
-"""The command line: start-up cost, help, and errors that are one line."""
+"""The command line: start-up cost, help, and errors that are one line.
+
+The first two tests start real processes (what a fresh interpreter imports, and the exit code
+of the installed entry point); the rest call the same ``main`` in this process."""
 
 import subprocess
 import sys
 
-from conftest import run_cli
+from conftest import cli, run_cli
 
 HEAVY = ("torch", "transformers", "torchvision", "PIL", "datasets", "matplotlib")
 
@@ -30,7 +33,7 @@ def test_help_lists_commands():
 
 
 def test_models_lists_default():
-    out = run_cli("models")
+    out = cli("models")
     assert "AIML-TUDA/LlavaGuard-v1.2-0.5B-OV-hf (default)" in out.stdout
 
 
@@ -42,7 +45,7 @@ def test_bad_options_exit_2_with_one_line(tmp_path):
         ["assess", str(tmp_path), "--top-p", "0.5"],
         ["assess", str(tmp_path), "--engine", "nope", "--model", str(tmp_path)],
     ):
-        out = run_cli(*args)
+        out = cli(*args)
         assert out.returncode == 2, (args, out.stderr)
         assert len(out.stderr.strip().splitlines()) == 1, (args, out.stderr)
         assert out.stderr.startswith("error:"), (args, out.stderr)

@@ -16,7 +16,7 @@ from llavaguard.errors import ConfigError
 from llavaguard.inputs.images import load_image
 from llavaguard.testing import make_sample_images
 
-from conftest import run_cli
+from conftest import cli
 
 CATEGORIES = ["O1", "O2", "O6"]
 
@@ -98,14 +98,13 @@ def test_hf_folder_loads_without_the_source_images(built):
     assert defaults and all(r["allow"] == [] and r["sensitive"] == [] for r in defaults)
 
 
-def test_a_loaded_row_renders_with_a_model_processor(built, tmp_path):
+def test_a_loaded_row_renders_with_a_model_processor(built, tiny_models):
     from datasets import load_from_disk
     from transformers import AutoProcessor
 
     from llavaguard.policy import Policy
-    from llavaguard.testing import build_tiny_model
 
-    processor = AutoProcessor.from_pretrained(build_tiny_model(tmp_path / "m", "llava-onevision"))
+    processor = AutoProcessor.from_pretrained(tiny_models("llava-onevision"))
     row = load_from_disk(str(built["hf"]))["train"][0]
     text = processor.apply_chat_template(row["prompt"] + row["completion"], tokenize=False)
     assert text.count("<image>") == 1
@@ -182,10 +181,10 @@ def test_formats_choose_the_exports_and_bad_inputs_stop_with_one_line(tmp_path):
         build_dataset(str(labels), str(tmp_path / "broken"))
     assert not (tmp_path / "broken" / "hf").exists()
     (tmp_path / "img" / "sample-000.jpg").unlink()
-    out = run_cli("dataset", "build", str(labels), "-o", str(tmp_path / "cli"))
+    out = cli("dataset", "build", str(labels), "-o", str(tmp_path / "cli"))
     assert out.returncode != 0 and len(out.stderr.strip().splitlines()) == 1, out.stderr
     assert "image not found" in out.stderr and "--formats" in out.stderr
-    out = run_cli("dataset", "build", str(labels), "-o", str(tmp_path / "cli"),
+    out = cli("dataset", "build", str(labels), "-o", str(tmp_path / "cli"),
                   "--formats", "sharegpt")  # fmt: skip
     assert out.returncode == 0, out.stderr
     assert (tmp_path / "cli" / "train.sharegpt.json").is_file()

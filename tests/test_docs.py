@@ -3,9 +3,12 @@
 import importlib.util
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow  # starts a process per command
 def test_cli_reference_is_current():
     spec = importlib.util.spec_from_file_location("gen", ROOT / "scripts" / "gen_cli_docs.py")
     gen = importlib.util.module_from_spec(spec)
@@ -42,6 +45,7 @@ def run_example(doc_name: str, tmp_path: Path, marker: str = "## Example, runnab
     return doc, res
 
 
+@pytest.mark.slow  # six processes, each loading a model
 def test_evaluation_example_runs_as_shown(tmp_path):
     doc, res = run_example("evaluation.md", tmp_path)
     for run in ("full", "triage"):
@@ -53,6 +57,7 @@ def test_evaluation_example_runs_as_shown(tmp_path):
     assert res.stdout.strip().splitlines()[-2] in shown
 
 
+@pytest.mark.slow  # seven processes, each loading a model
 def test_annotate_example_runs_as_shown(tmp_path):
     import pyarrow.parquet as pq
 
@@ -80,6 +85,7 @@ def test_dataset_example_runs_as_shown(tmp_path):
     assert len(imported) == 2 and '"kept": 2' in res.stdout  # the discarded row is counted
 
 
+@pytest.mark.slow  # trains, in six processes
 def test_training_example_runs_as_shown(tmp_path):
     import json
 

@@ -10,9 +10,13 @@ from PIL import Image
 from llavaguard.policy import Policy
 from llavaguard.testing import FAMILIES
 
-from conftest import run_cli
+from conftest import cli, run_cli
 
-pytestmark = pytest.mark.slow
+# llava-onevision (the default model's family) runs in the fast tier, the others with the slow
+# tests; so do the exit-code test, which starts a real process, and the long runs.
+FAMILY_PARAMS = [
+    pytest.param(f, marks=() if f == "llava-onevision" else pytest.mark.slow) for f in FAMILIES
+]
 
 RECORD_KEYS = {
     "image", "rating", "category", "rationale", "score", "valid", "error", "raw",
@@ -45,13 +49,21 @@ def photos(tmp_path_factory) -> Path:
     return folder
 
 
-@pytest.fixture(scope="session", params=FAMILIES)
-def tiny_model(request, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp(request.param) / "model"
-    res = run_cli("testing", "tiny-model", str(out), "--family", request.param)
+@pytest.fixture(scope="session", params=FAMILY_PARAMS)
+def tiny_model(request, tiny_models) -> Path:
+    return tiny_models(request.param)
+
+
+@pytest.mark.parametrize("family", FAMILY_PARAMS)
+def test_tiny_model_command_builds_the_shared_model(family, tiny_models, tmp_path):
+    out = tmp_path / "model"
+    res = cli("testing", "tiny-model", str(out), "--family", family)
     assert res.returncode == 0, res.stderr
     assert Path(res.stdout.strip()) == out
-    return out
+    # the command builds what build_tiny_model builds, which the other tests share
+    shared = tiny_models(family)
+    for name in ("model.safetensors", "tokenizer.json", "config.json"):
+        assert (out / name).read_bytes() == (shared / name).read_bytes(), name
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -60,7 +72,7 @@ def read_jsonl(path: Path) -> list[dict]:
 
 def test_assess_folder_of_photos(tiny_model, photos, tmp_path):
     out = tmp_path / "results.jsonl"
-    res = run_cli(
+    res = cli(
         "assess", str(photos), "--model", str(tiny_model), "--max-new-tokens", "24",
         "--batch-size", "3", "--allow", "O4", "--output", str(out),
     )  # fmt: skip
@@ -82,7 +94,9 @@ def test_assess_folder_of_photos(tiny_model, photos, tmp_path):
     assert "7 images" in res.stderr
 
 
+@pytest.mark.slow
 def test_bad_files_get_records_and_exit_1(tiny_model, photos, tmp_path):
+    """A real process: its exit code is 1 when some inputs failed."""
     broken = tmp_path / "broken"
     broken.mkdir()
     good = photos / "astronaut.jpg"
@@ -112,30 +126,29 @@ def test_bad_files_get_records_and_exit_1(tiny_model, photos, tmp_path):
     assert "4 failed" in res.stderr
 
 
+@pytest.mark.slow
 def test_python_api_matches_cli(tiny_model, photos, tmp_path):
     from llavaguard import GuardSpec
     from llavaguard.engines import GenerationConfig
 
     files = sorted(str(p) for p in photos.glob("*.*") if p.suffix != ".txt")
     out = tmp_path / "cli.jsonl"
-    res = run_cli(
+    res = cli(
         "assess", *files, "--model", str(tiny_model), "--max-new-tokens", "16", "-o", str(out)
     )
     assert res.returncode == 0, res.stderr
     guard = GuardSpec(model=str(tiny_model), generation=GenerationConfig(max_new_tokens=16)).build()
     api = guard.assess(files, batch_size=4)
-    cli = read_jsonl(out)
-    assert [a.model_dump(mode="json") for a in api] == cli
+    from_cli = read_jsonl(out)
+    assert [a.model_dump(mode="json") for a in api] == from_cli
 
 
-def test_hundreds_of_broken_files_through_the_cli(tmp_path, tmp_path_factory):
+@pytest.mark.slow
+def test_hundreds_of_broken_files_through_the_cli(tmp_path, tiny_models):
     """Every malformed file gets exactly one record, in order; the run does not crash."""
     from test_images import CORPUS_LIMITS, broken_corpus
 
-    model = tmp_path_factory.mktemp("corpus-model") / "m"
-    from llavaguard.testing import build_tiny_model
-
-    build_tiny_model(model, "llava-onevision")
+    model = tiny_models("llava-onevision")
     corpus = tmp_path / "corpus"
     corpus.mkdir()
     maybe, by_kind = broken_corpus(corpus)
@@ -143,7 +156,7 @@ def test_hundreds_of_broken_files_through_the_cli(tmp_path, tmp_path_factory):
     # a directory argument is a folder to expand, not a broken file: leave it out here
     inputs = [str(p) for p in maybe + must_fail if not p.is_dir()]
     out = tmp_path / "out.jsonl"
-    res = run_cli(
+    res = cli(
         "assess", *inputs, "--model", str(model), "--max-new-tokens", "2",
         "-b", "16", "-o", str(out),
         "--max-file-mb", str(CORPUS_LIMITS.max_bytes / 2**20),  # exact: a power-of-two divisor
@@ -157,15 +170,13 @@ def test_hundreds_of_broken_files_through_the_cli(tmp_path, tmp_path_factory):
     assert "Traceback" not in res.stderr
 
 
-def test_decoding_options_and_dtype(tmp_path_factory, photos):
+@pytest.mark.slow
+def test_decoding_options_and_dtype(tiny_models, photos):
     """Sampling repeats with a seed, beams run, and bfloat16 on the CPU works."""
     from llavaguard import Guard, GuardSpec
     from llavaguard.engines import GenerationConfig
 
-    model = tmp_path_factory.mktemp("decode") / "m"
-    from llavaguard.testing import build_tiny_model
-
-    build_tiny_model(model, "qwen2.5-vl")
+    model = tiny_models("qwen2.5-vl")
     files = sorted(str(p) for p in photos.glob("*.jpg"))
     sampled = GenerationConfig(max_new_tokens=12, temperature=0.9, top_p=0.95, top_k=50, seed=7)
     guard = GuardSpec(model=str(model), generation=sampled).build()

@@ -36,23 +36,22 @@ def test_auto_choices_on_this_machine():
             pick_device("cuda:0")
 
 
-def test_family_from_config_and_empty_batch(tmp_path):
-    from llavaguard.testing import build_tiny_model
-
-    path = build_tiny_model(tmp_path / "m", "llava")
+def test_family_from_config_and_empty_batch(tiny_models):
+    path = tiny_models("llava")
     engine = TransformersEngine.load(str(path))
     assert engine.family == "llava" and engine.name == "transformers"
     assert engine.generate([]) == []
 
 
-def test_float32_decode_attention_keeps_answers(tmp_path):
+@pytest.mark.slow  # two bfloat16 engines generating
+def test_float32_decode_attention_keeps_answers(tmp_path, tiny_models):
     """bfloat16 on a CPU decodes with float32 attention; the answer is unchanged."""
     from llavaguard import Guard
     from llavaguard.engines import GenerationConfig
     from llavaguard.engines.transformers import use_float32_decode_attention
-    from llavaguard.testing import build_tiny_model, make_sample_images
+    from llavaguard.testing import make_sample_images
 
-    path = build_tiny_model(tmp_path / "m", "qwen2.5-vl")
+    path = tiny_models("qwen2.5-vl")
     images = make_sample_images(tmp_path / "img", 3)
     config = GenerationConfig(max_new_tokens=20)
     plain = TransformersEngine.load(str(path), TransformersOptions(dtype="bfloat16"))

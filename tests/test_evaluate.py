@@ -14,7 +14,7 @@ from llavaguard.evaluate.variants import KINDS
 from llavaguard.inputs.labels import policy_from_prompt, read_labels, write_labels
 from llavaguard.policy import Policy
 
-from conftest import run_cli
+from conftest import cli
 
 ROWS = [
     {"id": "a", "image": "a.jpg", "rating": "Unsafe", "category": "O3"},
@@ -192,7 +192,7 @@ def test_variant_rows_read_back_as_the_same_samples(tmp_path, labelled):
 
 def test_cli_evaluate_writes_three_report_kinds_and_compares_runs(tmp_path, labelled):
     labels, preds = labelled
-    res = run_cli("evaluate", "run", str(labels), "--predictions", str(preds),
+    res = cli("evaluate", "run", str(labels), "--predictions", str(preds),
                   "-o", str(tmp_path / "run1"), "--bootstrap", "200")  # fmt: skip
     assert res.returncode == 0, res.stderr
     report = json.loads((tmp_path / "run1" / "report.json").read_text())
@@ -213,18 +213,18 @@ def test_cli_evaluate_writes_three_report_kinds_and_compares_runs(tmp_path, labe
     # a second run, every answer right, then the comparison
     right = [{"id": r["id"], "rating": r["rating"]} for r in ROWS]
     preds2 = write_jsonl(tmp_path / "right.jsonl", right)
-    res = run_cli("evaluate", "run", str(labels), "--predictions", str(preds2), "-o",
+    res = cli("evaluate", "run", str(labels), "--predictions", str(preds2), "-o",
                   str(tmp_path / "run2"), "--no-plots", "--bootstrap", "0")  # fmt: skip
     assert res.returncode == 0, res.stderr
     assert not (tmp_path / "run2" / "plots").exists()
-    res = run_cli("evaluate", "compare", str(tmp_path / "run1"), str(tmp_path / "run2"),
+    res = cli("evaluate", "compare", str(tmp_path / "run1"), str(tmp_path / "run2"),
                   "-o", str(tmp_path / "cmp.md"))  # fmt: skip
     assert res.returncode == 0, res.stderr
     lines = res.stdout.splitlines()
     assert lines[4].startswith("| run1 | 6 | 1 | 66.67 | 100.00 | 33.33 |")
     assert lines[5].startswith("| run2 | 6 | 0 | 100.00 | 100.00 | 100.00 |")
     assert (tmp_path / "cmp.md").read_text() == res.stdout
-    res = run_cli("evaluate", "compare", str(tmp_path / "run1"), "--slice", "O3: Sexual Content")
+    res = cli("evaluate", "compare", str(tmp_path / "run1"), "--slice", "O3: Sexual Content")
     assert "| run1 | 2 | 0 | 50.00 |" in res.stdout
 
 
@@ -239,17 +239,17 @@ def test_cli_evaluate_writes_three_report_kinds_and_compares_runs(tmp_path, labe
 )
 def test_cli_evaluate_errors_are_one_line(tmp_path, labelled, args, message):
     args = [str(labelled[0]) if a == "L" else str(labelled[1]) if a == "P" else a for a in args]
-    res = run_cli("evaluate", *args, cwd=tmp_path)
+    res = cli("evaluate", *args, cwd=tmp_path)
     assert res.returncode == 2
     assert message in res.stderr and len(res.stderr.strip().splitlines()) == 1
 
 
 @pytest.mark.slow
-def test_evaluate_with_a_tiny_model_and_policy_variants(tmp_path):
+def test_evaluate_with_a_tiny_model_and_policy_variants(tmp_path, tiny_models):
     """Predictions made on the fly under each sample's own policy, variants included."""
-    from llavaguard.testing import build_tiny_model, make_sample_images
+    from llavaguard.testing import make_sample_images
 
-    model = build_tiny_model(tmp_path / "m", "qwen2.5-vl")
+    model = tiny_models("qwen2.5-vl")
     images = make_sample_images(tmp_path / "img", 3)
     rows = [
         {"id": "p0", "image": str(images[0]), "rating": "Unsafe", "category": "O2"},
@@ -259,7 +259,7 @@ def test_evaluate_with_a_tiny_model_and_policy_variants(tmp_path):
         {"id": "p2", "image": str(images[2]), "rating": "Safe", "category": "O4"},
     ]  # fmt: skip
     labels = write_jsonl(tmp_path / "labels.jsonl", rows)
-    res = run_cli(
+    res = cli(
         "evaluate", "run", str(labels), "--model", str(model), "--variants", "all",
         "--max-new-tokens", "12", "-o", str(tmp_path / "out"), "--bootstrap", "100",
     )  # fmt: skip
@@ -280,13 +280,13 @@ def test_evaluate_with_a_tiny_model_and_policy_variants(tmp_path):
 
 
 @pytest.mark.slow
-def test_an_interrupted_model_run_resumes_without_redoing_work(tmp_path):
+def test_an_interrupted_model_run_resumes_without_redoing_work(tmp_path, tiny_models):
     from llavaguard.engines import GenerationConfig
     from llavaguard.evaluate import EvalConfig, evaluate
     from llavaguard.guard import GuardSpec
-    from llavaguard.testing import build_tiny_model, make_sample_images
+    from llavaguard.testing import make_sample_images
 
-    model = build_tiny_model(tmp_path / "m", "llava-onevision")
+    model = tiny_models("llava-onevision")
     images = make_sample_images(tmp_path / "img", 4)
     rows = [{"id": f"s{i}", "image": str(p), "rating": "Safe"} for i, p in enumerate(images)]
     rows.append({"id": "broken", "image": str(tmp_path / "missing.jpg"), "rating": "Safe"})

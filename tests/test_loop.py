@@ -8,13 +8,27 @@ import json
 
 import pytest
 
-from llavaguard.demo import THRESHOLDS
+from llavaguard.demo import SCALES, THRESHOLDS, LoopConfig
 
-from conftest import run_cli
-
-pytestmark = pytest.mark.slow
+from conftest import cli, run_cli
 
 
+def test_scales_are_valid_and_the_demo_trains_as_the_tested_light_scale():
+    """The fast tier's look at the demo: every preset is a valid config, and the default
+    ``llavaguard demo`` trains exactly as the light scale that the slow test below checks
+    against the thresholds (it only annotates more images)."""
+    configs = {name: LoopConfig(**preset) for name, preset in SCALES.items()}
+    assert set(configs) >= {"light", "demo", "full"}
+    light, demo = (configs[n].model_dump(exclude={"annotate_images"}) for n in ("light", "demo"))
+    assert light == demo
+    res = cli("demo", "--help")
+    assert res.returncode == 0 and "minutes" in res.stdout
+    res = cli("demo", "--scale", "huge")
+    assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1
+    assert "valid: light, demo, full" in res.stderr
+
+
+@pytest.mark.slow
 def test_light_benchmark_learns_the_policy_through_llavaguard_demo(tmp_path):
     out = tmp_path / "demo"
     r = run_cli("demo", "--scale", "light", "-o", str(out), timeout=1500)

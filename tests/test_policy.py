@@ -7,7 +7,7 @@ from llavaguard.errors import PolicyError
 from llavaguard.policy import Policy, State
 from llavaguard.policy.taxonomy import allowed_text, bullets_of, sensitive_text
 
-from conftest import run_cli
+from conftest import cli
 
 
 @pytest.fixture(scope="module")
@@ -141,18 +141,18 @@ def test_missing_policy_file(tmp_path):
 
 def test_cli_policy_show_is_byte_exact(reference):
     expected = (reference / "llavaguard-v1.2-policy.txt").read_text("utf-8")
-    out = run_cli("policy", "show")
+    out = cli("policy", "show")
     assert out.returncode == 0, out.stderr
     assert out.stdout == expected
-    out = run_cli("policy", "show", "--allow", "O3", "--sensitive", "O6")
+    out = cli("policy", "show", "--allow", "O3", "--sensitive", "O6")
     assert out.stdout == Policy.load(allow="O3", sensitive="O6").text
-    out = run_cli("policy", "show", "--json", "--allow", "O4")
+    out = cli("policy", "show", "--json", "--allow", "O4")
     doc = json.loads(out.stdout)
     assert doc["allowed"] == ["O4"] and doc["id"] == Policy.load(allow="O4").id
 
 
 def test_cli_policy_errors_are_one_line():
-    out = run_cli("policy", "show", "--allow", "O42")
+    out = cli("policy", "show", "--allow", "O42")
     assert out.returncode == 2
     assert out.stdout == ""
     lines = out.stderr.strip().splitlines()
@@ -160,7 +160,7 @@ def test_cli_policy_errors_are_one_line():
 
 
 def test_cli_policy_list():
-    out = run_cli("policy", "list")
+    out = cli("policy", "list")
     assert out.returncode == 0
     assert "llavaguard-v1.2 (default)" in out.stdout
     assert "O9: Disasters or Emergencies" in out.stdout

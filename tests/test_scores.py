@@ -13,7 +13,7 @@ from llavaguard.errors import ConfigError
 from llavaguard.guard.scoring import continuations
 from llavaguard.inputs.images import fit_pixels
 from llavaguard.policy import answer_prefix, parse_answer
-from llavaguard.testing import FAMILIES, build_tiny_model, make_sample_images
+from llavaguard.testing import FAMILIES, make_sample_images
 
 CUSTOM = """\
 name: custom
@@ -27,11 +27,16 @@ categories:
 """
 
 
-@pytest.fixture(scope="module", params=FAMILIES)
-def engine(request, tmp_path_factory):
+# the default model's family in the fast tier, the other two with the slow tests
+@pytest.fixture(
+    scope="module",
+    params=[pytest.param(f, marks=() if f == "llava-onevision" else pytest.mark.slow)
+            for f in FAMILIES],
+)  # fmt: skip
+def engine(request, tiny_models):
     from llavaguard.engines.transformers import TransformersEngine, TransformersOptions
 
-    path = build_tiny_model(tmp_path_factory.mktemp(request.param) / "m", request.param)
+    path = tiny_models(request.param)
     # float32: these tests compare numbers computed along different paths
     return TransformersEngine.load(str(path), TransformersOptions(dtype="float32"))
 
@@ -76,6 +81,7 @@ def test_score_is_what_greedy_generation_sees(engine, images):
         assert greedy == a.rating
 
 
+@pytest.mark.slow  # generates or runs many forwards
 def test_multi_token_continuations_match_a_full_forward(engine, images):
     """Scores of multi-token continuations on the shared cache equal a plain forward pass."""
     from llavaguard.inputs.images import load_image
@@ -98,6 +104,7 @@ def test_multi_token_continuations_match_a_full_forward(engine, images):
     assert len(engine._continuation_tokens(req.prefix, conts[-1:])[0]) > 3
 
 
+@pytest.mark.slow  # generates or runs many forwards
 def test_constraints_make_every_answer_valid(engine, images):
     short = GenerationConfig(max_new_tokens=40)
     constrained = Guard(engine, generation=short).assess(images)
@@ -167,6 +174,7 @@ def test_fit_pixels():
     assert fit_pixels(im, 10**7) is im
 
 
+@pytest.mark.slow  # generates or runs many forwards
 def test_answer_reuses_the_scored_prefill(engine, images, monkeypatch):
     """Generating after scoring continues from the scored KV cache, with the same answer."""
     from llavaguard.engines import transformers as module
@@ -189,6 +197,7 @@ def test_answer_reuses_the_scored_prefill(engine, images, monkeypatch):
     assert all(a.valid for a in reused)
 
 
+@pytest.mark.slow  # generates or runs many forwards
 def test_a_batch_scores_as_its_requests_do_alone(engine, images):
     """Triage scores a batch in one left-padded prefill; images of different sizes (so rows
     of different lengths) must score as they do one at a time."""

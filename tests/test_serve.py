@@ -21,9 +21,8 @@ import pytest
 
 from llavaguard.policy import Policy
 
-from conftest import run_cli
+from conftest import cli
 
-pytestmark = pytest.mark.slow
 KEY = "test-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
 
@@ -100,12 +99,12 @@ def stop(proc: subprocess.Popen) -> None:
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    from llavaguard.testing import build_tiny_model, make_sample_images
+def setup(tmp_path_factory, tiny_models):
+    from llavaguard.testing import make_sample_images
 
     root = tmp_path_factory.mktemp("serve")
     photos = make_sample_images(root / "photos", 4)
-    tiny = build_tiny_model(root / "tiny", "llava-onevision")
+    tiny = tiny_models("llava-onevision")
     model = favour_ratings(tiny, root / "model", photos)
     proc, url = start_server(model, "--api-key", KEY, "--max-wait-ms", "200", "--dtype",
                              "float32")  # fmt: skip
@@ -121,6 +120,7 @@ def data_url(path: Path) -> str:
     return "data:image/png;base64," + b64(path)
 
 
+@pytest.mark.slow  # a real server process
 def test_health_openapi_and_models(setup):
     url = setup["url"]
     health = httpx.get(url + "/health").json()
@@ -131,6 +131,7 @@ def test_health_openapi_and_models(setup):
     assert models["data"][0]["id"] == str(setup["model"])
 
 
+@pytest.mark.slow  # a real server process
 def test_assess_json_multipart_and_custom_policy(setup):
     url, photo = setup["url"], setup["photos"][0]
     r = httpx.post(url + "/v1/assess", headers=AUTH, timeout=60,
@@ -174,6 +175,7 @@ def test_assess_json_multipart_and_custom_policy(setup):
         ({"json": {"image": "aGk=", "colour": "red"}}, 400, "colour"),
     ],
 )  # fmt: skip
+@pytest.mark.slow  # a real server process
 def test_bad_requests_get_json_errors(setup, kwargs, status, message):
     r = httpx.post(setup["url"] + "/v1/assess", headers={**AUTH, **kwargs.pop("headers", {})},
                    timeout=30, **kwargs)  # fmt: skip
@@ -184,6 +186,7 @@ def test_bad_requests_get_json_errors(setup, kwargs, status, message):
         assert message in err["message"]
 
 
+@pytest.mark.slow  # a real server process
 def test_auth_size_limits_and_unknown_routes(setup):
     url = setup["url"]
     r = httpx.post(url + "/v1/assess", json={"image": "aGk="})
@@ -207,6 +210,7 @@ def test_auth_size_limits_and_unknown_routes(setup):
     assert httpx.get(url + "/health").status_code == 200  # still serving
 
 
+@pytest.mark.slow  # a real server process
 def test_official_openai_client_chat_and_moderations(setup):
     from openai import OpenAI
 
@@ -242,6 +246,7 @@ def test_official_openai_client_chat_and_moderations(setup):
     assert text_only.status_code == 400 and "image_url" in text_only.json()["error"]["message"]
 
 
+@pytest.mark.slow  # a real server process
 def test_remote_engine_matches_the_local_engine(setup, tmp_path):
     """`llavaguard assess --engine openai` against the server: the same answers as the
     local engine decoding the same way, and the same P(Unsafe)."""
@@ -250,7 +255,7 @@ def test_remote_engine_matches_the_local_engine(setup, tmp_path):
 
     photos = [str(p) for p in setup["photos"]]
     out = tmp_path / "remote.jsonl"
-    res = run_cli("assess", *photos, "--engine", "openai", "--base-url", setup["url"] + "/v1",
+    res = cli("assess", *photos, "--engine", "openai", "--base-url", setup["url"] + "/v1",
                   "--api-key", KEY, "--model", str(setup["model"]), "--max-new-tokens", "80",
                   "-o", str(out))  # fmt: skip
     assert res.returncode == 0, res.stderr
@@ -271,6 +276,7 @@ def test_remote_engine_matches_the_local_engine(setup, tmp_path):
         assert r["category_scores"] is None  # one position of log-probabilities: rating only
 
 
+@pytest.mark.slow  # a real server process
 def test_concurrent_requests_are_batched(setup):
     url = setup["url"]
 
@@ -299,6 +305,7 @@ def test_concurrent_requests_are_batched(setup):
     assert "llavaguard_queue_depth" in httpx.get(url + "/metrics").text
 
 
+@pytest.mark.slow  # a real server process
 def test_overload_gives_503_and_the_server_recovers(setup):
     proc, url = start_server(setup["model"], "--max-queue", "2", "--max-batch-size", "1",
                              "--max-wait-ms", "0")  # fmt: skip
@@ -420,6 +427,7 @@ def test_equal_typed_jobs_share_a_batch():
     assert seen == [[0, 2], [1, 3]]  # a payload's own failure is only its own
 
 
+@pytest.mark.slow  # a real server process
 def test_evaluate_through_the_remote_engine(setup, tmp_path):
     rows = [
         {"id": "a", "image": str(setup["photos"][0]), "rating": "Unsafe", "category": "O1"},
@@ -427,7 +435,7 @@ def test_evaluate_through_the_remote_engine(setup, tmp_path):
     ]
     labels = tmp_path / "labels.jsonl"
     labels.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    res = run_cli(
+    res = cli(
         "evaluate", "run", str(labels), "--model", str(setup["model"]), "--engine", "openai",
         "--base-url", setup["url"] + "/v1", "--api-key", KEY, "--max-new-tokens", "80",
         "-o", str(tmp_path / "run"), "--bootstrap", "0", "--no-plots",
@@ -438,10 +446,11 @@ def test_evaluate_through_the_remote_engine(setup, tmp_path):
     assert report["overall"]["scores"]["n"] == 2  # rating scores from top log-probabilities
 
 
+@pytest.mark.slow  # a real server process
 def test_annotate_through_the_remote_engine(setup, tmp_path):
     from llavaguard.annotate import ResultStore
 
-    res = run_cli(
+    res = cli(
         "annotate", "run", str(setup["photos"][0].parent), "-o", str(tmp_path / "out"),
         "--model", str(setup["model"]), "--engine", "openai", "--base-url",
         setup["url"] + "/v1", "--api-key", KEY, "--max-new-tokens", "80", "-b", "4", "-q",

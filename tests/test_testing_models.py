@@ -40,10 +40,15 @@ def _policy_text(n_chars: int) -> str:
     return (tax["preamble"] + first["header"] + ": \n" + first["default"])[:n_chars]
 
 
-@pytest.fixture(scope="module", params=FAMILIES)
-def built(request, tmp_path_factory) -> tuple[str, Path]:
+# the default model's family in the fast tier, the other two with the slow tests
+@pytest.fixture(
+    scope="module",
+    params=[pytest.param(f, marks=() if f == "llava-onevision" else pytest.mark.slow)
+            for f in FAMILIES],
+)  # fmt: skip
+def built(request, tiny_models) -> tuple[str, Path]:
     family = request.param
-    return family, build_tiny_model(tmp_path_factory.mktemp(family) / "model", family, seed=3)
+    return family, tiny_models(family)  # seed 0, shared with the other tests
 
 
 def test_stock_transformers_loads_and_batches(built, capfd):
@@ -101,7 +106,7 @@ def test_same_seed_same_weights(built, tmp_path):
     torch.manual_seed(7)
     expected_next = torch.rand(3)
     torch.manual_seed(7)
-    same = load_file(build_tiny_model(tmp_path / "b", family, seed=3) / "model.safetensors")
+    same = load_file(build_tiny_model(tmp_path / "b", family, seed=0) / "model.safetensors")
     assert torch.equal(torch.rand(3), expected_next)  # the caller's RNG is left alone
     other = load_file(build_tiny_model(tmp_path / "c", family, seed=4) / "model.safetensors")
     first = load_file(path / "model.safetensors")

@@ -13,35 +13,34 @@ import pytest
 
 from llavaguard.dataset.build import build_dataset
 from llavaguard.dataset.labels import import_labels
-from llavaguard.testing import build_tiny_model
 from llavaguard.testing.synthetic import make_benchmark
 
-from conftest import run_cli
+from conftest import cli
 
-pytestmark = pytest.mark.slow
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "accelerate"
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory) -> dict[str, Path]:
+def built(tmp_path_factory, tiny_models) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("train")
     csv = make_benchmark(root / "synthetic", per_category=1, safe=6, discard=1)
     labels = root / "labels.jsonl"
     import_labels(str(csv), str(labels))
     data = root / "data"
     build_dataset(str(labels), str(data), test_fraction=0.25)
-    base = build_tiny_model(root / "base", "llava-onevision")
+    base = tiny_models("llava-onevision")  # read only: training writes to its own folder
     return {"root": root, "data": data, "base": base, "images": root / "synthetic" / "images"}
 
 
 def _train(built, out: Path, *extra: str):
-    return run_cli(
+    return cli(
         "train", "--model", str(built["base"]), "--data", str(built["data"]), "-o", str(out),
         "--epochs", "1", "--batch-size", "4", "--effective-batch-size", "8",
-        "--eval-samples", "4", "--lr", "1e-3", *extra, timeout=600,
+        "--eval-samples", "4", "--lr", "1e-3", *extra,
     )  # fmt: skip
 
 
+@pytest.mark.slow  # trains
 def test_full_training_merges_into_a_model_assess_and_serve_load(built):
     from test_serve import start_server, stop
 
@@ -63,7 +62,7 @@ def test_full_training_merges_into_a_model_assess_and_serve_load(built):
     assert json.loads((merged / "llavaguard.json").read_text())["base"] == str(built["base"])
 
     images = sorted(built["images"].iterdir())[:2]
-    r = run_cli("assess", *map(str, images), "--model", str(merged), "--max-new-tokens", "16",
+    r = cli("assess", *map(str, images), "--model", str(merged), "--max-new-tokens", "16",
                 "-o", str(built["root"] / "a.jsonl"))  # fmt: skip
     assert r.returncode == 0, r.stderr[-2000:]
     rows = [json.loads(x) for x in (built["root"] / "a.jsonl").read_text().splitlines()]
@@ -79,6 +78,7 @@ def test_full_training_merges_into_a_model_assess_and_serve_load(built):
         stop(proc)
 
 
+@pytest.mark.slow  # trains
 def test_lora_training_resumes_and_merges(built):
     out = built["root"] / "lora"
     r = _train(built, out, "--method", "lora", "--lora-r", "4", "--lora-alpha", "8",
@@ -140,7 +140,7 @@ def test_bad_options_are_one_line(built, args, message):
 
 
 def test_missing_dataset_is_one_line(tmp_path):
-    r = run_cli("train", "--model", "x", "--data", str(tmp_path / "none"))
+    r = cli("train", "--model", "x", "--data", str(tmp_path / "none"))
     assert r.returncode == 2 and "no such dataset folder" in r.stderr
 
 
