@@ -77,8 +77,9 @@ class Executor:
         is finished is written, even on Ctrl-C. ``stats`` is filled as the run goes."""
         stats = RunStats() if stats is None else stats
         started = time.perf_counter()
+        batches = self._results(self.pending(items, stats, done), stats)
         try:
-            for results, n in self._results(self.pending(items, stats, done), stats):
+            for results, n in batches:
                 stats.statuses.update(r.status for r in results)
                 self.writer.write([r.row for r in results])
                 if self.on_batch is not None:
@@ -87,6 +88,7 @@ class Executor:
             stats.interrupted = True
             raise
         finally:
+            batches.close()  # the step is closed even when writing failed
             self.writer.flush()
             stats.seconds = time.perf_counter() - started - stats.load_seconds
         return stats

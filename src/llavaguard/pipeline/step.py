@@ -37,7 +37,7 @@ class Step:
         """Load what the step needs (a model); called once where the step runs."""
 
     def process(self, batch: Sequence[Any]) -> list[Result]:
-        """One result per prepared item, in order."""
+        """One result per prepared item (in the order they are finished)."""
         raise NotImplementedError
 
     def close(self) -> None:
