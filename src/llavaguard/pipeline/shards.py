@@ -119,7 +119,7 @@ class ShardWriter:
         schema = self.schema() if self.schema else None
         sink = io.BytesIO()
         pq.write_table(pa.Table.from_pylist(list(rows), schema=schema), sink)
-        atomic_write(path, sink.getvalue())
+        atomic_write(path, sink.getvalue(), crash="shard")
         self.written.append(path)
         crash_point("rows", len(rows))
         return path

@@ -11,7 +11,8 @@ Every writer has the same interface: ``done_ids()`` (what a rerun skips), ``writ
   temporary name and renaming it), as it drops rows the caller wants redone.
 
 ``LLAVAGUARD_TEST_CRASH`` makes a process kill itself with SIGKILL at a chosen point, for the
-tests: ``rows:N`` once N rows are durable, ``rename:N`` before the Nth rename of a written file.
+tests: ``rows:N`` once N rows are durable, ``shard:N`` before the Nth shard's rename (its
+temporary file written and fsynced).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 CRASH_ENV = "LLAVAGUARD_TEST_CRASH"
-_events = {"rows": 0, "rename": 0}
+_events = {"rows": 0, "shard": 0}
 
 
 def crash_point(event: str, n: int = 1) -> None:
@@ -38,14 +39,16 @@ def crash_point(event: str, n: int = 1) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def atomic_write(path: Path, data: bytes) -> None:
-    """``path`` holds ``data`` whole, or what it held before."""
+def atomic_write(path: Path, data: bytes, crash: str | None = None) -> None:
+    """``path`` holds ``data`` whole, or what it held before. ``crash``: the crash point
+    between writing and renaming."""
     tmp = path.with_name("." + path.name + ".tmp")
     with open(tmp, "wb") as f:
         f.write(data)
         f.flush()
         os.fsync(f.fileno())
-    crash_point("rename")
+    if crash is not None:
+        crash_point(crash)
     os.replace(tmp, path)
 
 
