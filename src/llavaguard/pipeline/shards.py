@@ -113,6 +113,7 @@ class ShardWriter:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
+        self.root.mkdir(parents=True, exist_ok=True)
         existing = self.shards()
         n = int(existing[-1].stem.split("-")[1]) + 1 if existing else 0
         path = self.root / f"part-{n:06d}.parquet"
