@@ -2,10 +2,12 @@
 
     folder/_stages/
       _manifest.json     the run's settings; a rerun with other settings is refused
+      <stage>.started    while a stage runs: a rerun resumes it (``resuming``) or starts it over
       <stage>.done.json  written (atomically) when the stage finished, with what it returned
 
 ``Stages.run(name, fn)`` calls ``fn`` unless its marker exists, and returns what ``fn``
-returned then (JSON-ready values only). A stage killed midway leaves no marker and runs again.
+returned then (JSON-ready values only). A stage killed midway leaves no done marker and runs
+again; ``resuming(name)`` tells it whether it may continue from its own unfinished output.
 """
 
 from __future__ import annotations
@@ -46,6 +48,10 @@ class Stages:
     def done(self, name: str) -> bool:
         return self.marker(name).exists()
 
+    def resuming(self, name: str) -> bool:
+        """Whether an earlier run with these settings started this stage and did not finish."""
+        return self.marker(name).with_suffix("").with_suffix(".started").exists()
+
     def run(self, name: str, fn: Callable[[], Any], say: Callable[[str], None] = print) -> Any:
         marker = self.marker(name)
         if marker.exists():
@@ -55,9 +61,12 @@ class Stages:
             return doc["result"]
         say(f"[{name}] ...")
         start = time.perf_counter()
+        started = marker.with_suffix("").with_suffix(".started")
+        started.touch()
         result = fn()
         seconds = round(time.perf_counter() - start, 1)
         self.timings[name] = seconds
         doc = {"stage": name, "seconds": seconds, "result": result}
         atomic_write(marker, (json.dumps(doc, indent=2, default=str) + "\n").encode())
+        started.unlink()
         return json.loads(json.dumps(result, default=str))  # as a rerun would see it
