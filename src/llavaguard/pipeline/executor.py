@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from llavaguard.pipeline.step import Result, Step
 from llavaguard.pipeline.writer import Writer
+
+Batches = Generator[tuple[list[Result], int], None, None]
 
 
 @dataclass
@@ -93,6 +95,6 @@ class Executor:
             stats.seconds = time.perf_counter() - started - stats.load_seconds
         return stats
 
-    def _results(self, items: Iterator[Any], stats: RunStats) -> Iterator[tuple[list[Result], int]]:
+    def _results(self, items: Iterator[Any], stats: RunStats) -> Batches:
         """(results, items they came from) per batch; sets ``stats.load_seconds``."""
         raise NotImplementedError

@@ -8,8 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 from itertools import islice
 from typing import Any
 
-from llavaguard.pipeline.executor import Executor, RunStats
-from llavaguard.pipeline.step import Result
+from llavaguard.pipeline.executor import Batches, Executor, RunStats
 
 
 def ahead(fn: Callable[[Any], Any], items: Iterable[Any], workers: int, window: int) -> Iterator:
@@ -41,7 +40,7 @@ class LocalExecutor(Executor):
         super().__init__(*args, **kw)
         self.workers = workers
 
-    def _results(self, items: Iterator[Any], stats: RunStats) -> Iterator[tuple[list[Result], int]]:
+    def _results(self, items: Iterator[Any], stats: RunStats) -> Batches:
         ready = False
         window = self.batch_size * 4
         try:

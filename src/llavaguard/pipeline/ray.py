@@ -13,8 +13,8 @@ import pickle
 from collections.abc import Iterator
 from typing import Any
 
-from llavaguard.pipeline.executor import Executor, RunStats
-from llavaguard.pipeline.step import Result, Step
+from llavaguard.pipeline.executor import Batches, Executor, RunStats
+from llavaguard.pipeline.step import Step
 
 
 class _Actor:
@@ -36,7 +36,7 @@ class RayExecutor(Executor):
         self.actors = actors
         self.address = address
 
-    def _results(self, items: Iterator[Any], stats: RunStats) -> Iterator[tuple[list[Result], int]]:
+    def _results(self, items: Iterator[Any], stats: RunStats) -> Batches:
         import ray
 
         rows = [{"item": pickle.dumps(it)} for it in items]
