@@ -102,7 +102,7 @@ def _stages(cfg: LoopConfig, stages: Any, say: Callable[[str], None]) -> dict[st
         say,
     )
     base_model = stages.run("base model", base, say)
-    trained = stages.run("train", lambda: _train(cfg, base_model, stages.resuming("train")), say)
+    trained = stages.run("train", lambda: _train(cfg, base_model), say)
     judge = _judge(trained["merged"], policy)
     report = stages.run("evaluate", lambda: _evaluate(cfg, judge, stages.resuming("evaluate")), say)
     annotated = None
@@ -113,7 +113,9 @@ def _stages(cfg: LoopConfig, stages: Any, say: Callable[[str], None]) -> dict[st
             "annotated": annotated}  # fmt: skip
 
 
-def _train(cfg: LoopConfig, base: str, resume: bool) -> dict[str, Any]:
+def _train(cfg: LoopConfig, base: str) -> dict[str, Any]:
+    """An interrupted training starts over: resuming a full fine-tune from its checkpoint
+    restores no weights today (transformers reports every key missing), only the step count."""
     from llavaguard.train import TrainConfig, train
 
     # A random base model has no vision to keep: everything trains, at a small model's rate.
@@ -122,7 +124,6 @@ def _train(cfg: LoopConfig, base: str, resume: bool) -> dict[str, Any]:
         epochs=cfg.epochs, learning_rate=cfg.learning_rate, batch_size=cfg.batch_size,
         effective_batch_size=cfg.batch_size, train_vision=True, train_projector=True,
         eval_samples=cfg.eval_samples, merge=True, seed=cfg.seed, dtype="float32",
-        resume=resume,
     ))  # fmt: skip
 
 
