@@ -226,6 +226,8 @@ def annotate(
     """Annotate ``cfg.inputs`` into ``cfg.output``; resumes an unfinished run. ``guard``: an
     already built Guard to use instead of building ``cfg.guard`` (local backend)."""
     cfg = cfg or AnnotateConfig(**kw)
+    if guard is not None and cfg.backend == "ray":
+        raise ConfigError("a built guard runs on the local backend; Ray actors build cfg.guard")
     policy = cfg.guard.load_policy()
     store = ResultStore(cfg.output, shard_size=cfg.shard_size)
     store.open(identity(cfg, policy.id), _params(cfg, policy), cfg.overwrite)
