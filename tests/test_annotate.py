@@ -35,8 +35,14 @@ def photos(tmp_path_factory) -> list[Path]:
     return make_sample_images(tmp_path_factory.mktemp("photos"), 6, seed=3)
 
 
-def test_kill_9_at_random_moments_loses_and_duplicates_nothing(tmp_path, tiny):
+# where the kill -9 runs die: after N rows are durable in a shard, or with the Nth shard
+# written to its temporary name but not renamed (pipeline.writer.crash_point)
+CRASH_POINTS = ("rows:3", "shard:1", "rows:6", "shard:2", "rows:9")
+
+
+def test_kill_9_at_chosen_and_random_moments_loses_and_duplicates_nothing(tmp_path, tiny):
     from llavaguard.annotate import ResultStore
+    from llavaguard.pipeline.writer import CRASH_ENV
     from llavaguard.testing import make_sample_images
 
     images = make_sample_images(tmp_path / "in", 40, seed=11)
@@ -44,22 +50,32 @@ def test_kill_9_at_random_moments_loses_and_duplicates_nothing(tmp_path, tiny):
     cmd = [sys.executable, "-m", "llavaguard", "annotate", "run", str(tmp_path / "in"), "-o",
            str(out), "--model", str(tiny), "--mode", "triage", "-b", "2", "--shard-size", "3",
            "-q"]  # fmt: skip
-    rng = random.Random(7)
-    kills = 0
-    for _ in range(12):
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(rng.uniform(2.0, 6.0))
-        if proc.poll() is not None:
-            break
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
+    kills, rows = 0, 0
+    for point in CRASH_POINTS:  # deterministic: each run dies where it is told to
+        env = {**os.environ, CRASH_ENV: point}
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == -signal.SIGKILL, (point, proc.stderr)
         kills += 1
         assert not [p for p in out.glob("part-*.parquet") if p.stat().st_size == 0]
+        kind, n = point.split(":")
+        now = ResultStore(out).rows(["id"]).num_rows
+        assert now == rows + (int(n) // 3 * 3 if kind == "rows" else (int(n) - 1) * 3), point
+        assert bool(list(out.glob(".part-*.tmp"))) == (kind == "shard"), point
+        rows = now
+    rng = random.Random(7)  # and one kill at a random moment
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(rng.uniform(2.0, 6.0))
+    if proc.poll() is None:
+        os.kill(proc.pid, signal.SIGKILL)
+        kills += 1
+    proc.wait()
+    assert not [p for p in out.glob("part-*.parquet") if p.stat().st_size == 0]
     assert kills >= 5, "the run finished before it was killed five times: make it longer"
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert res.returncode in (0, 1), res.stderr
     ids = ResultStore(out).rows(["id"]).column("id").to_pylist()
     assert sorted(ids) == sorted(p.name for p in images)  # each input exactly once
+    assert not list(out.glob(".*.tmp"))
 
 
 def test_report_and_exports(tmp_path, tiny, photos):

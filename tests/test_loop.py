@@ -48,3 +48,8 @@ def test_light_benchmark_learns_the_policy_through_llavaguard_demo(tmp_path):
     assert report["annotated"]["rows"] > 0 and report["annotated"]["failed"] == 0
     assert (out / "annotations" / "_report" / "report.md").is_file()
     assert "PASSED" in (out / "report.md").read_text()
+    # a rerun with the same output resumes after the last finished stage: here, after all seven
+    again = run_cli("demo", "--scale", "light", "-o", str(out), timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert again.stderr.count("done in an earlier run") == 7, again.stderr[-3000:]
+    assert json.loads((out / "report.json").read_text())["checks"] == report["checks"]

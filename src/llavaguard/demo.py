@@ -5,13 +5,13 @@ It is both the newcomer's first run (``llavaguard demo``) and the proof that the
 learns (the synthetic visual-policy benchmark: ``bench/bench_synthetic.py``), with the
 thresholds the report checks: balanced accuracy under the default policy, PER (an image's own
 category declared non-violating must turn its rating to Safe) and category accuracy, all on
-held-out images.
+held-out images. Each stage leaves a completion marker: ``llavaguard demo`` rerun with the same
+output resumes after the last finished stage.
 """
 
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
@@ -76,83 +76,117 @@ def headline(report: dict[str, Any]) -> dict[str, float | None]:
 
 
 def run_loop(cfg: LoopConfig, say: Callable[[str], None] = print) -> dict[str, Any]:
-    """Run every stage into ``cfg.output`` and write report.json and report.md there."""
-    from llavaguard.annotate.report import write_report
-    from llavaguard.annotate.run import annotate
+    """Run every stage into ``cfg.output`` and write report.json and report.md there. Each
+    stage leaves a completion marker (``pipeline.Stages``): a rerun with the same settings
+    resumes after the last finished stage; other settings in the same folder are refused."""
+    from llavaguard.pipeline import Stages
+
+    stages = Stages(cfg.output, json.loads(cfg.model_dump_json(exclude={"output"})))
+    made = _stages(cfg, stages, say)
+    result = _result(cfg, made, stages.timings)
+    (cfg.output / "report.json").write_text(json.dumps(result, indent=2) + "\n")
+    (cfg.output / "report.md").write_text(markdown(result))
+    return result
+
+
+def _stages(cfg: LoopConfig, stages: Any, say: Callable[[str], None]) -> dict[str, Any]:
+    """What each stage made: JSON-ready, as its marker keeps it for a rerun."""
     from llavaguard.dataset.build import build_dataset
     from llavaguard.dataset.labels import import_labels
-    from llavaguard.engines import GenerationConfig
-    from llavaguard.evaluate.run import EvalConfig, evaluate
-    from llavaguard.guard.spec import GuardSpec
     from llavaguard.testing import build_tiny_model
     from llavaguard.testing.synthetic import COMPACT_POLICY, make_benchmark
+
+    out, seed = cfg.output, cfg.seed
+    policy = str(COMPACT_POLICY) if cfg.compact_policy else None
+    labels, dataset = out / "labels.jsonl", out / "dataset"
+
+    def synthetic() -> str:
+        return str(make_benchmark(out / "synthetic", per_category=cfg.per_category,
+                                  safe=cfg.safe, seed=seed))  # fmt: skip
+
+    def base() -> str:
+        return str(build_tiny_model(out / "base", "llava-onevision", size=cfg.size, seed=seed))
+
+    annotations = stages.run("synthetic images", synthetic, say)
+    imported = stages.run(
+        "import labels", lambda: import_labels(annotations, str(labels), policy=policy), say
+    )
+    built = stages.run(
+        "build dataset",
+        lambda: build_dataset(str(labels), str(dataset), seed=seed, policy=policy),
+        say,
+    )
+    base_model = stages.run("base model", base, say)
+    trained = stages.run("train", lambda: _train(cfg, base_model), say)
+    judge = _judge(trained["merged"], policy)
+    report = stages.run("evaluate", lambda: _evaluate(cfg, judge, stages.resuming("evaluate")), say)
+    annotated = None
+    if cfg.annotate_images:
+        name = "annotate a new folder"
+        annotated = stages.run(name, lambda: _annotate(cfg, judge, stages.resuming(name)), say)
+    return {"imported": imported, "built": built, "trained": trained, "report": report,
+            "annotated": annotated}  # fmt: skip
+
+
+def _train(cfg: LoopConfig, base: str) -> dict[str, Any]:
+    """An interrupted training starts over: resuming a full fine-tune from its checkpoint
+    restores no weights today (transformers reports every key missing), only the step count."""
     from llavaguard.train import TrainConfig, train
 
-    out = cfg.output
-    out.mkdir(parents=True, exist_ok=True)
-    policy = str(COMPACT_POLICY) if cfg.compact_policy else None
-    timings: dict[str, float] = {}
-
-    def stage(name: str) -> Callable[[], None]:
-        start = time.perf_counter()
-        say(f"[{name}] ...")
-
-        def done() -> None:
-            timings[name] = round(time.perf_counter() - start, 1)
-
-        return done
-
-    done = stage("synthetic images")
-    annotations = make_benchmark(out / "synthetic", per_category=cfg.per_category,
-                                 safe=cfg.safe, seed=cfg.seed)  # fmt: skip
-    done()
-    done = stage("import labels")
-    labels = out / "labels.jsonl"
-    imported = import_labels(str(annotations), str(labels), policy=policy)
-    done()
-    done = stage("build dataset")
-    dataset = out / "dataset"
-    built = build_dataset(str(labels), str(dataset), seed=cfg.seed, policy=policy)
-    done()
-    done = stage("base model")
-    base = build_tiny_model(out / "base", "llava-onevision", size=cfg.size, seed=cfg.seed)
-    done()
-    done = stage("train")
     # A random base model has no vision to keep: everything trains, at a small model's rate.
-    trained = train(TrainConfig(
-        model=str(base), data=dataset, output=out / "model", method="full",
+    return train(TrainConfig(
+        model=base, data=cfg.output / "dataset", output=cfg.output / "model", method="full",
         epochs=cfg.epochs, learning_rate=cfg.learning_rate, batch_size=cfg.batch_size,
         effective_batch_size=cfg.batch_size, train_vision=True, train_projector=True,
         eval_samples=cfg.eval_samples, merge=True, seed=cfg.seed, dtype="float32",
     ))  # fmt: skip
-    done()
-    model = trained["merged"]
-    done = stage("evaluate")
-    # evaluation judges each sample under its own policy; annotation under the run's
-    judge = GuardSpec(model=model, engine_options={"dtype": "float32"}, mode="full",
-                      policy=policy, generation=GenerationConfig(max_new_tokens=64))  # fmt: skip
-    report = evaluate(EvalConfig(labels=dataset / "test.labels.jsonl", guard=judge,
-                                 output=out / "evaluation", bootstrap=200,
-                                 seed=cfg.seed))  # fmt: skip
-    done()
-    annotated = None
-    if cfg.annotate_images:
-        done = stage("annotate a new folder")
-        inbox = out / "inbox"
-        make_benchmark(inbox, per_category=max(1, cfg.annotate_images // 18),
-                       safe=max(1, cfg.annotate_images // 2), discard=0,
-                       seed=cfg.seed + 1)  # fmt: skip
-        summary = annotate(inputs=[str(inbox / "images")], output=out / "annotations",
-                           guard=judge, overwrite=True)  # fmt: skip
-        report_md = write_report(out / "annotations")
-        annotated = {"rows": summary.rows, "failed": summary.failed,
-                     "folder": str(out / "annotations"), "report": str(report_md)}  # fmt: skip
-        done()
+
+
+def _judge(model: str, policy: str | None) -> Any:
+    """Evaluation judges each sample under its own policy; annotation under the run's."""
+    from llavaguard.engines import GenerationConfig
+    from llavaguard.guard.spec import GuardSpec
+
+    return GuardSpec(model=str(model), engine_options={"dtype": "float32"}, mode="full",
+                     policy=policy, generation=GenerationConfig(max_new_tokens=64))  # fmt: skip
+
+
+def _evaluate(cfg: LoopConfig, judge: Any, resume: bool) -> dict[str, Any]:
+    from llavaguard.evaluate.run import PREDICTIONS_FILE, EvalConfig, evaluate
+
+    if not resume:  # predictions of another run's model must not be reused
+        (cfg.output / "evaluation" / PREDICTIONS_FILE).unlink(missing_ok=True)
+    return evaluate(EvalConfig(labels=cfg.output / "dataset" / "test.labels.jsonl", guard=judge,
+                               output=cfg.output / "evaluation", bootstrap=200,
+                               seed=cfg.seed))  # fmt: skip
+
+
+def _annotate(cfg: LoopConfig, judge: Any, resume: bool) -> dict[str, Any]:
+    from llavaguard.annotate import AnnotateConfig, ResultStore, annotate, write_report
+    from llavaguard.testing.synthetic import make_benchmark
+
+    inbox, folder = cfg.output / "inbox", cfg.output / "annotations"
+    make_benchmark(inbox, per_category=max(1, cfg.annotate_images // 18),
+                   safe=max(1, cfg.annotate_images // 2), discard=0,
+                   seed=cfg.seed + 1)  # fmt: skip
+    annotate(AnnotateConfig(inputs=[str(inbox / "images")], output=folder,
+                            guard=judge, overwrite=not resume))  # fmt: skip
+    store = ResultStore(folder)  # the rows of this run and of the interrupted one it resumed
+    failed = sum(r["failed"] for r in (store.manifest() or {}).get("runs", []))
+    return {"rows": store.rows(["id"]).num_rows, "failed": failed, "folder": str(folder),
+            "report": str(write_report(folder))}  # fmt: skip
+
+
+def _result(cfg: LoopConfig, made: dict[str, Any], timings: dict[str, float]) -> dict[str, Any]:
+    report, built, trained, annotated = (made[k] for k in ("report", "built", "trained",
+                                                          "annotated"))  # fmt: skip
     figures = headline(report)
     checks = {k: {"value": figures[k], "threshold": t,
                   "passed": figures[k] is not None and figures[k] >= t}
               for k, t in THRESHOLDS.items()}  # fmt: skip
-    result = {
+    by_aug = {aug: sl["rating"]["excluded"]["accuracy"]
+              for aug, sl in report["by_augmentation"].items()}  # fmt: skip
+    return {
         "config": json.loads(cfg.model_dump_json()),
         "passed": all(c["passed"] for c in checks.values()),
         "checks": checks,
@@ -160,32 +194,22 @@ def run_loop(cfg: LoopConfig, say: Callable[[str], None] = print) -> dict[str, A
             "samples": report["overall"]["n"],
             "images": built["splits"]["test"]["images"],
         },
-        "imported": imported,
+        "imported": made["imported"],
         "dataset": built["splits"],
-        "training": {
-            "steps": trained["steps"],
-            "train_loss": trained["train_loss"],
-            "final_eval": trained["final_eval"],
-        },
+        "training": {k: trained[k] for k in ("steps", "train_loss", "final_eval")},
         "rating_accuracy_by_augmentation": {
             "default policy": report["default_policy"]["rating"]["excluded"]["accuracy"],
-            **{
-                aug: sl["rating"]["excluded"]["accuracy"]
-                for aug, sl in report["by_augmentation"].items()
-            },
+            **by_aug,
         },
         "annotated": annotated,
         "timings_s": timings,
         "paths": {
-            "dataset": str(dataset),
-            "model": model,
-            "evaluation": str(out / "evaluation" / "report.md"),
+            "dataset": str(cfg.output / "dataset"),
+            "model": trained["merged"],
+            "evaluation": str(cfg.output / "evaluation" / "report.md"),
             "annotations": annotated["report"] if annotated else None,
         },
     }
-    (out / "report.json").write_text(json.dumps(result, indent=2) + "\n")
-    (out / "report.md").write_text(markdown(result))
-    return result
 
 
 def markdown(result: dict[str, Any]) -> str:

@@ -1,5 +1,6 @@
 """Annotate a dataset: source -> read, hash and decode ahead -> dedup cache -> Guard batches
--> Parquet shards. Resumable: rerunning skips the ids already in the shards.
+-> Parquet shards, as one pipeline step (``AnnotateStep``) on the local or the Ray executor.
+Resumable: rerunning skips the ids already in the shards.
 
 Rows reach a shard only after their batch is answered; a crash loses at most the rows not yet
 in a shard, and the rerun redoes exactly those (their answers usually come back from the
@@ -11,10 +12,8 @@ from __future__ import annotations
 import hashlib
 import os
 import time
-from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from itertools import islice
 from pathlib import Path
 from typing import Any, Literal
 
@@ -25,6 +24,7 @@ from llavaguard.errors import ConfigError, ImageError
 from llavaguard.guard.spec import GuardSpec
 from llavaguard.inputs.limits import ImageLimits
 from llavaguard.inputs.sources import Item, detect, read_source
+from llavaguard.pipeline import FAILED, Result, RunStats, Step, executor, is_failed
 
 
 class AnnotateConfig(BaseModel):
@@ -51,21 +51,22 @@ class AnnotateConfig(BaseModel):
 
 
 @dataclass
-class Summary:
-    seen: int = 0
-    skipped: int = 0  # done in an earlier run
-    duplicate_ids: int = 0
-    assessed: int = 0
-    cached: int = 0  # answered from the dedup cache
-    failed: int = 0  # error rows: no answer
+class Summary(RunStats):
+    """A run's counts: the executor's, by status (assessed, cached, failed), and its shards."""
+
     shards: list[str] = field(default_factory=list)
-    seconds: float = 0.0  # annotating, model loading not included
-    load_seconds: float = 0.0
-    interrupted: bool = False
 
     @property
-    def rows(self) -> int:
-        return self.assessed + self.cached + self.failed
+    def assessed(self) -> int:
+        return self.statuses["assessed"]
+
+    @property
+    def cached(self) -> int:  # answered from the dedup cache
+        return self.statuses["cached"]
+
+    @property
+    def failed(self) -> int:  # no answer (``pipeline.is_failed``)
+        return self.statuses[FAILED]
 
     def line(self) -> str:
         rate = self.rows / self.seconds if self.seconds else 0.0
@@ -112,23 +113,6 @@ def prepare(item: Item, limits: ImageLimits) -> Prepared:
         return Prepared(item, error=f"{item.key}: cannot read ({e.strerror or e})")
 
 
-def prepared_ahead(
-    items: Iterable[Item], limits: ImageLimits, workers: int, window: int
-) -> Iterator[Prepared]:
-    """Items prepared by a thread pool, in order, at most ``window`` in flight."""
-    with ThreadPoolExecutor(workers, thread_name_prefix="llavaguard-read") as pool:
-        pending: list[Any] = []
-        it = iter(items)
-        for item in islice(it, window):
-            pending.append(pool.submit(prepare, item, limits))
-        while pending:
-            done = pending.pop(0).result()
-            nxt = next(it, None)
-            if nxt is not None:
-                pending.append(pool.submit(prepare, nxt, limits))
-            yield done
-
-
 def row(p: Prepared, record: dict[str, Any], cached: bool) -> dict[str, Any]:
     return {
         "id": p.item.id, "key": p.item.key, "sha256": p.sha256, "width": p.width,
@@ -158,13 +142,12 @@ class Annotator:
         self.meta = {"policy_id": self.policy.id, "model": guard.engine.model_id,
                      "engine": guard.engine.name, "mode": guard.mode.value}  # fmt: skip
 
-    def __call__(self, batch: list[Prepared], summary: Summary) -> list[dict[str, Any]]:
-        ok = [p for p in batch if p.image is not None]
+    def _lookup(self, ok: list[Prepared]) -> tuple[dict[str, dict], dict[str, dict]]:
+        """(known: answers from the cache, fresh: answers from the Guard) by sha256."""
+        key = (self.policy.id, self.meta["model"], self.meta["mode"])
         known: dict[str, dict] = {}
         if self.cache is not None and ok:
-            known = self.cache.get_many(
-                (p.sha256 for p in ok), self.policy.id, self.meta["model"], self.meta["mode"]
-            )
+            known = self.cache.get_many((p.sha256 for p in ok), *key)
         todo: dict[str, Prepared] = {}
         for p in ok:
             if p.sha256 not in known:
@@ -176,40 +159,60 @@ class Annotator:
                 [todo[s].image for s in shas], ids=shas, batch_size=len(shas)
             ), strict=True):  # fmt: skip
                 fresh[sha] = a.model_dump(mode="json")
-            keep = {s: r for s, r in fresh.items() if not _failed(r)}
+            keep = {s: r for s, r in fresh.items() if not is_failed(r)}
             if self.cache is not None and keep:
-                self.cache.put_many(keep, self.policy.id, self.meta["model"], self.meta["mode"])
-        rows, first = [], set()
+                self.cache.put_many(keep, *key)
+        return known, fresh
+
+    def __call__(self, batch: Sequence[Prepared]) -> list[Result]:
+        known, fresh = self._lookup([p for p in batch if p.image is not None])
+        results, first = [], set()
         for p in batch:
             if p.image is None:
-                rows.append(row(p, {**self.meta, "error": p.error}, cached=False))
-                summary.failed += 1
-                continue
-            if p.sha256 in fresh and p.sha256 not in first:
+                record, cached = {**self.meta, "error": p.error}, False
+            elif p.sha256 in fresh and p.sha256 not in first:
                 first.add(p.sha256)
                 record, cached = fresh[p.sha256], False
             else:
                 record, cached = known.get(p.sha256) or fresh[p.sha256], True
-            rows.append(row(p, record, cached))
-            if _failed(record):
-                summary.failed += 1
-            elif cached:
-                summary.cached += 1
-            else:
-                summary.assessed += 1
-        return rows
+            status = FAILED if is_failed(record) else "cached" if cached else "assessed"
+            results.append(Result(row(p, record, cached), status))
+        return results
 
 
-def _failed(record: dict[str, Any]) -> bool:
-    return (
-        record.get("error") is not None and record.get("raw") is None and not record.get("rating")
-    )
+class AnnotateStep(Step):
+    """Annotation as a pipeline step: items are read, hashed and decoded in ``prepare``; the
+    Guard (built in ``setup`` unless one is given) judges them in ``process``. Picklable
+    before ``setup``, so Ray actors each build their own Guard."""
 
+    def __init__(
+        self, cfg: AnnotateConfig, policy_id: str, guard: Any = None, cache: Path | None = None
+    ) -> None:
+        self.cfg, self.policy_id, self.cache_path = cfg, policy_id, cache
+        self.guard, self.own_guard = guard, guard is None
+        self.annotator: Annotator | None = None
 
-def batches(it: Iterable[Prepared], size: int) -> Iterator[list[Prepared]]:
-    it = iter(it)
-    while batch := list(islice(it, size)):
-        yield batch
+    def prepare(self, item: Item) -> Prepared:
+        return prepare(item, self.cfg.guard.image_limits)
+
+    def setup(self) -> None:
+        if self.guard is None:
+            self.guard = self.cfg.guard.build()
+        if self.guard.policy.id != self.policy_id:
+            raise ConfigError("the guard's policy differs from the run's policy")
+        cache = DedupCache(self.cache_path) if self.cache_path is not None else None
+        self.annotator = Annotator(self.guard, cache)
+
+    def process(self, batch: Sequence[Prepared]) -> list[Result]:
+        assert self.annotator is not None, "setup() first"
+        return self.annotator(batch)
+
+    def close(self) -> None:
+        if self.annotator is not None and self.annotator.cache is not None:
+            self.annotator.cache.close()
+        if self.own_guard and self.guard is not None:
+            self.guard.close()
+            self.guard = None
 
 
 def annotate(
@@ -220,84 +223,50 @@ def annotate(
     on_batch: Callable[[int], None] | None = None,
     **kw: Any,
 ) -> Summary:
-    """Annotate ``cfg.inputs`` into ``cfg.output``; resumes an unfinished run."""
-    from llavaguard import __version__
-
+    """Annotate ``cfg.inputs`` into ``cfg.output``; resumes an unfinished run. ``guard``: an
+    already built Guard to use instead of building ``cfg.guard`` (local backend)."""
     cfg = cfg or AnnotateConfig(**kw)
+    if guard is not None and cfg.backend == "ray":
+        raise ConfigError("a built guard runs on the local backend; Ray actors build cfg.guard")
     policy = cfg.guard.load_policy()
-    store = ResultStore(cfg.output)
-    params = {**cfg.model_dump(mode="json", exclude={"guard", "overwrite"}),
-              "guard": cfg.guard.record(), "llavaguard_version": __version__,
-              "policy": policy.describe()}  # fmt: skip
-    store.open(identity(cfg, policy.id), params, cfg.overwrite)
+    store = ResultStore(cfg.output, shard_size=cfg.shard_size)
+    store.open(identity(cfg, policy.id), _params(cfg, policy), cfg.overwrite)
     done = store.done_ids()
     options = {"path_column": cfg.path_column, "id_column": cfg.id_column,
                "image_column": cfg.image_column}  # fmt: skip
+    if on_start is not None:
+        on_start(_total(cfg, done, options))
+    # the dedup cache is the driver's SQLite file: Ray actors elsewhere cannot share it
+    cache = cfg.output / CACHE if cfg.dedup and cfg.backend == "local" else None
+    step = AnnotateStep(cfg, policy.id, guard=guard, cache=cache)
+    backend = ({"actors": cfg.ray_actors, "address": cfg.ray_address} if cfg.backend == "ray"
+               else {"workers": cfg.workers})  # fmt: skip
+    run = executor(cfg.backend, step, store, batch_size=cfg.batch_size, limit=cfg.limit,
+                   on_batch=on_batch, **backend)  # fmt: skip
     summary = Summary()
-    seen: set[str] = set()
-
-    def todo() -> Iterator[Item]:
-        for item in read_source(cfg.inputs, cfg.source, **options):
-            summary.seen += 1
-            if item.id in done:
-                summary.skipped += 1
-            elif item.id in seen:
-                summary.duplicate_ids += 1
-            else:
-                seen.add(item.id)
-                yield item
-                if cfg.limit is not None and len(seen) >= cfg.limit:
-                    return
-
-    if on_start is not None:  # a total where counting is cheap (no reading of tar shards)
-        kind = cfg.source if cfg.source != "auto" else detect(cfg.inputs)
-        total = None
-        if kind in ("folder", "list", "table"):
-            total = sum(1 for it in read_source(cfg.inputs, kind, **options) if it.id not in done)
-            total = min(total, cfg.limit) if cfg.limit else total
-        on_start(total)
-    started = time.perf_counter()
-    if cfg.backend == "ray":
-        from llavaguard.annotate.ray_backend import run_ray
-
-        run_ray(cfg, todo(), store, summary, on_batch)
-        summary.seconds = time.perf_counter() - started
-        store.add_run(_run_record(summary, cfg))
-        return summary
-    own_guard = guard is None
-    cache = DedupCache(cfg.output / CACHE) if cfg.dedup else None
-    annotator: Annotator | None = None
-    buffer: list[dict[str, Any]] = []
     try:
-        window = cfg.batch_size * 4
-        for batch in batches(prepared_ahead(todo(), cfg.guard.image_limits, cfg.workers, window),
-                             cfg.batch_size):  # fmt: skip
-            if annotator is None:  # loaded only when there is work: a finished run is quick
-                loading = time.perf_counter()
-                guard = guard or cfg.guard.build()
-                if guard.policy.id != policy.id:
-                    raise ConfigError("the guard's policy differs from the run's policy")
-                annotator = Annotator(guard, cache)
-                summary.load_seconds = time.perf_counter() - loading
-            buffer.extend(annotator(batch, summary))
-            if len(buffer) >= cfg.shard_size:
-                summary.shards.append(str(store.write_shard(buffer)))
-                buffer = []
-            if on_batch is not None:
-                on_batch(len(batch))
-    except KeyboardInterrupt:
-        summary.interrupted = True
-        raise
+        run.run(read_source(cfg.inputs, cfg.source, **options), done, stats=summary)
     finally:
-        if buffer:
-            summary.shards.append(str(store.write_shard(buffer)))
-        summary.seconds = time.perf_counter() - started - summary.load_seconds
+        summary.shards = [str(p) for p in store.written]
         store.add_run(_run_record(summary, cfg))
-        if cache is not None:
-            cache.close()
-        if own_guard and guard is not None:
-            guard.close()
     return summary
+
+
+def _params(cfg: AnnotateConfig, policy: Any) -> dict[str, Any]:
+    from llavaguard import __version__
+
+    return {**cfg.model_dump(mode="json", exclude={"guard", "overwrite"}),
+            "guard": cfg.guard.record(), "llavaguard_version": __version__,
+            "policy": policy.describe()}  # fmt: skip
+
+
+def _total(cfg: AnnotateConfig, done: set[str], options: dict[str, Any]) -> int | None:
+    """Inputs left to do, where counting is cheap (no reading of tar shards)."""
+    kind = cfg.source if cfg.source != "auto" else detect(cfg.inputs)
+    if kind not in ("folder", "list", "table"):
+        return None
+    total = sum(1 for it in read_source(cfg.inputs, kind, **options) if it.id not in done)
+    return min(total, cfg.limit) if cfg.limit else total
 
 
 def _run_record(summary: Summary, cfg: AnnotateConfig) -> dict[str, Any]:

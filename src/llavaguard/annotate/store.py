@@ -9,23 +9,24 @@
 Names starting with "_" or "." are what Parquet readers skip, so ``pq.read_table(results)``
 reads the rows and nothing else.
 
-Resume rules: the ids in the shards are done; a rerun skips them. A different model, engine,
-mode or policy in the same folder is refused unless the caller starts over.
+Resume rules (``pipeline.shards``): the ids in the shards are done; a rerun skips them. A
+different model, engine, mode or policy in the same folder is refused unless the caller starts
+over.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from llavaguard.errors import ConfigError
+from llavaguard.pipeline.shards import MANIFEST, ShardWriter
 
-MANIFEST = "_manifest.json"
+__all__ = ["CACHE", "MANIFEST", "DedupCache", "ResultStore", "now_ms"]
+
 CACHE = "_cache.sqlite"
 IDENTITY = ("model", "engine", "mode", "policy_id", "threshold", "image_max_pixels")
 
@@ -44,90 +45,19 @@ def schema() -> Any:
     ])  # fmt: skip
 
 
-class ResultStore:
-    def __init__(self, root: Path) -> None:
-        self.root = Path(root)
+class ResultStore(ShardWriter):
+    """An annotation results folder: the pipeline's shard writer with annotation's row schema
+    and identity, and the dedup cache cleared with the rest on ``--overwrite``."""
 
-    # ---- manifest ------------------------------------------------------------------------
-    def manifest(self) -> dict[str, Any] | None:
-        path = self.root / MANIFEST
-        if not path.exists():
-            return None
-        try:
-            return json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as e:
-            raise ConfigError(f"{path}: unreadable manifest ({e})") from e
+    identity_keys = IDENTITY
 
-    def open(self, identity: dict[str, Any], params: dict[str, Any], overwrite: bool) -> None:
-        """Start or resume: a folder made with other settings is refused, not mixed."""
-        existing = self.manifest()
-        if existing is not None and overwrite:
-            self.clear()
-            existing = None
-        if existing is not None:
-            theirs = existing.get("identity", {})
-            diff = [k for k in IDENTITY if theirs.get(k) != identity.get(k)]
-            if diff:
-                k = diff[0]
-                raise ConfigError(
-                    f"{self.root} holds results with {k} {theirs.get(k)!r}, not "
-                    f"{identity.get(k)!r}; use another folder or --overwrite to start over"
-                )
-            return
-        self.root.mkdir(parents=True, exist_ok=True)
-        self._write_manifest({"identity": identity, "params": params, "runs": []})
-
-    def add_run(self, run: dict[str, Any]) -> None:
-        doc = self.manifest() or {"identity": {}, "params": {}, "runs": []}
-        doc.setdefault("runs", []).append(run)
-        self._write_manifest(doc)
-
-    def _write_manifest(self, doc: dict[str, Any]) -> None:
-        _atomic_write(self.root / MANIFEST, (json.dumps(doc, indent=2) + "\n").encode())
+    def __init__(self, root: Path, shard_size: int = 1000) -> None:
+        super().__init__(root, schema=schema, shard_size=shard_size)
 
     def clear(self) -> None:
-        for p in [*self.root.glob("part-*.parquet"), *self.root.glob(".part-*.parquet.tmp")]:
-            p.unlink()
-        for name in (MANIFEST, CACHE, CACHE + "-wal", CACHE + "-shm"):
+        super().clear()
+        for name in (CACHE, CACHE + "-wal", CACHE + "-shm"):
             (self.root / name).unlink(missing_ok=True)
-
-    # ---- shards --------------------------------------------------------------------------
-    def shards(self) -> list[Path]:
-        return sorted(self.root.glob("part-*.parquet"))
-
-    def done_ids(self) -> set[str]:
-        import pyarrow.parquet as pq
-
-        done: set[str] = set()
-        for shard in self.shards():
-            done.update(pq.read_table(shard, columns=["id"]).column("id").to_pylist())
-        return done
-
-    def write_shard(self, rows: Sequence[dict[str, Any]]) -> Path | None:
-        if not rows:
-            return None
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
-        existing = self.shards()
-        n = int(existing[-1].stem.split("-")[1]) + 1 if existing else 0
-        path = self.root / f"part-{n:06d}.parquet"
-        tmp = path.with_name("." + path.name + ".tmp")
-        pq.write_table(pa.Table.from_pylist(list(rows), schema=schema()), tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        return path
-
-    def rows(self, columns: Sequence[str] | None = None) -> Any:
-        """All rows as one pyarrow table."""
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
-        shards = self.shards()
-        if not shards:
-            return schema().empty_table()
-        return pa.concat_tables(pq.read_table(s, columns=columns) for s in shards)
 
 
 class DedupCache:
@@ -163,15 +93,6 @@ class DedupCache:
 
     def close(self) -> None:
         self.db.close()
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name("." + path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def now_ms() -> int:

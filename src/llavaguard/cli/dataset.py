@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
-from typing import Any
 
 import typer
 
@@ -97,19 +97,24 @@ def import_(
     typer.echo(json.dumps(summary, indent=2))
 
 
+_RATIONALES_OUTPUT = typer.Option(
+    ..., "--output", "-o",
+    help="JSONL to write (resumed when it exists): the rows plus rationale, status and "
+    "provenance.",
+)  # fmt: skip
+_DROP_REJECTED = typer.Option(
+    True, "--drop-rejected/--keep-rejected",
+    help="Rejected rows go to <stem>.rejected.jsonl, or stay in the output without a rationale.",
+)  # fmt: skip
+
+
 @app.command("rationales", no_args_is_help=True)
 @guard_options(MODEL, ("policy",), DECODING[:-1], ("image_max_pixels",))  # no --constrain
 def rationales(
     labels: Path = typer.Argument(
         ..., help="Labelled images, as for build: image, rating, category, optional id."
     ),
-    output: Path = typer.Option(
-        ...,
-        "--output",
-        "-o",
-        help="JSONL to write (resumed when it exists): the rows plus "
-        "rationale, status and provenance.",
-    ),
+    output: Path = _RATIONALES_OUTPUT,
     spec: GuardSpec = ...,
     batch_size: int = batch_size_option(),
     attempts: int = typer.Option(3, "--attempts", min=1, help="Tries per image before rejecting."),
@@ -123,12 +128,7 @@ def rationales(
     ),
     min_chars: int = typer.Option(40, "--min-chars", min=0, help="Shorter is rejected."),
     max_chars: int = typer.Option(1200, "--max-chars", min=1, help="Longer is rejected."),
-    drop_rejected: bool = typer.Option(
-        True,
-        "--drop-rejected/--keep-rejected",
-        help="Rejected rows go to <stem>.rejected.jsonl, or stay in the output without a "
-        "rationale.",
-    ),
+    drop_rejected: bool = _DROP_REJECTED,
     retry_errors: bool = typer.Option(
         False, "--retry-errors", help="Redo rows that failed in an earlier run."
     ),
@@ -155,9 +155,8 @@ def rationales(
         overwrite=overwrite, limit=limit,
     )  # fmt: skip
 
-    def load() -> Any:  # only when there is work: a finished output loads no teacher
-        return load_with_spinner(spec, quiet, engine_only=True)
-
+    # loaded only when there is work: a finished output loads no teacher
+    load = functools.partial(load_with_spinner, spec, quiet, engine_only=True)
     progress, on_start, on_batch = progress_bar(quiet, "rationales")
     with resumable(progress, output):
         summary = generate_rationales(labels, output, load, policy=spec.load_policy(), config=cfg,

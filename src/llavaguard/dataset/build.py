@@ -27,6 +27,7 @@ import string
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from llavaguard.dataset.exports import FORMATS, check_formats
 
@@ -141,6 +142,25 @@ def balance(samples: Sequence[LabelledSample], seed: int = 0) -> list[LabelledSa
     return list(samples) + extra
 
 
+def split_counts(part: Sequence[LabelledSample]) -> dict[str, Any]:
+    """What a split holds: samples, images, ratings, categories and augmentations, and the
+    ratings per category and per augmentation (the summary's cross-tabs)."""
+    by_category: dict[str, Counter] = defaultdict(Counter)
+    by_augmentation: dict[str, Counter] = defaultdict(Counter)
+    for s in part:
+        by_category[s.category][s.rating] += 1
+        by_augmentation[s.augmentation or "default"][s.rating] += 1
+    return {
+        "samples": len(part),
+        "images": len({s.image_id for s in part}),
+        "ratings": dict(Counter(s.rating for s in part)),
+        "categories": dict(Counter(s.category for s in part)),
+        "augmentations": dict(Counter(s.augmentation or "default" for s in part)),
+        "by_category": {k: dict(v) for k, v in by_category.items()},
+        "by_augmentation": {k: dict(v) for k, v in by_augmentation.items()},
+    }
+
+
 def build_dataset(
     labels: str,
     output: str,
@@ -183,21 +203,7 @@ def build_dataset(
         "policy": base_policy.name,
         "llavaguard_version": __version__,
     }
-    for name, part in parts.items():
-        by_category: dict[str, Counter] = defaultdict(Counter)
-        by_augmentation: dict[str, Counter] = defaultdict(Counter)
-        for s in part:
-            by_category[s.category][s.rating] += 1
-            by_augmentation[s.augmentation or "default"][s.rating] += 1
-        summary["splits"][name] = {
-            "samples": len(part),
-            "images": len({s.image_id for s in part}),
-            "ratings": dict(Counter(s.rating for s in part)),
-            "categories": dict(Counter(s.category for s in part)),
-            "augmentations": dict(Counter(s.augmentation or "default" for s in part)),
-            "by_category": {k: dict(v) for k, v in by_category.items()},
-            "by_augmentation": {k: dict(v) for k, v in by_augmentation.items()},
-        }
+    summary["splits"] = {name: split_counts(part) for name, part in parts.items()}
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     (out / "summary.md").write_text(render_markdown(summary), encoding="utf-8")
     plot_summary(summary, out / "summary.png")

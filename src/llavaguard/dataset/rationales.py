@@ -5,8 +5,9 @@ repeats itself, is too short or long, stops mid-sentence or argues against the l
 The output is the input's rows (image paths made absolute) plus ``rationale``, ``status``
 (ok, rejected or error) and provenance: teacher model and engine, prompt id, policy id,
 generation config, attempts, time, and the reason for a rejection or error. ``dataset
-build`` reads it as it is. Rows are appended as they finish, so a crash or Ctrl-C loses
-nothing finished; a rerun skips the ids already written.
+build`` reads it as it is. It runs as a ``pipeline`` step: each batch's rows are appended
+(``pipeline.JsonlWriter``) as it finishes, so a crash or Ctrl-C loses at most the batch in
+hand; a rerun skips the ids already written.
 
 Files: ``<output>`` holds the rows with a rationale (and, with ``drop_rejected=False``, the
 rejected ones without); ``<stem>.rejected.jsonl`` beside it holds the rest, errors always.
@@ -19,7 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import time
 from collections import Counter
@@ -35,6 +35,7 @@ from llavaguard.engines import Engine, GenerationConfig, VisionRequest, generate
 from llavaguard.errors import ConfigError, ImageError
 from llavaguard.guard.spec import GuardSpec
 from llavaguard.inputs.labels import LabelledSample, label_row, read_labels
+from llavaguard.pipeline import JsonlWriter, LocalExecutor, Result, Step
 from llavaguard.policy import Policy, canonical_category
 
 # ---- the teacher prompt: the only place it is written ----------------------------------------
@@ -272,66 +273,86 @@ def rejected_path(output: str | Path) -> Path:
     return out.with_name(out.stem + ".rejected" + (out.suffix or ".jsonl"))
 
 
-def _read_done(path: Path) -> tuple[list[dict[str, Any]], bool]:
-    """The rows of an output file, and whether a line was cut off (by a crash mid-write)."""
-    if not path.exists():
-        return [], False
-    rows, cut = [], False
-    for line in path.read_text(encoding="utf-8").splitlines(keepends=True):
-        try:
-            row = json.loads(line) if line.endswith("\n") else None
-        except ValueError:
-            row = None
-        if isinstance(row, dict) and "id" in row:
-            rows.append(row)
-        elif line.strip():
-            cut = True
-    return rows, cut
+def _checker(prompt: dict[str, str]) -> Callable[[Path, dict[str, Any]], None]:
+    """Rows made under another prompt or policy are refused, not mixed (another teacher is
+    fine: every row names its own)."""
 
-
-def _resume(path: Path, prompt: dict[str, str], retry_errors: bool) -> set[str]:
-    """Ids finished in an earlier run. A cut-off line, and error rows that are to be redone,
-    leave the file (rewritten atomically); rows made under another prompt or policy are
-    refused, not mixed (another teacher is fine: every row names its own)."""
-    rows, cut = _read_done(path)
-    for row in rows:
+    def check(path: Path, row: dict[str, Any]) -> None:
         for key in ("prompt_id", "policy_id"):
             if row.get(key) not in (None, prompt[key]):
                 raise ConfigError(
                     f"{path} holds rationales with {key} {row[key]!r}, not {prompt[key]!r}; "
                     "use another output or --overwrite to start over"
                 )
-    keep = [r for r in rows if not (retry_errors and r.get("status") == "error")]
-    if cut or len(keep) < len(rows):
-        tmp = path.with_name("." + path.name + ".tmp")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in keep), encoding="utf-8")
-        os.replace(tmp, path)
-    return {str(r["id"]) for r in keep}
+
+    return check
 
 
-class _Writer:
-    """Appends finished rows to the output or the rejected file, flushed one by one."""
+def open_writer(output: Path, prompt: dict[str, str], cfg: RationaleConfig) -> JsonlWriter:
+    """The output and its rejected file, resumed: ids already there are done (error rows are
+    redone with ``retry_errors``); a cut-off line from a crash is dropped."""
 
-    def __init__(self, output: Path, rejected: Path, drop_rejected: bool) -> None:
-        output.parent.mkdir(parents=True, exist_ok=True)
-        self.files = {"out": output.open("a", encoding="utf-8"),
-                      "rejected": rejected.open("a", encoding="utf-8")}  # fmt: skip
-        self.drop_rejected = drop_rejected
-
-    def write(self, row: dict[str, Any]) -> None:
+    def route(row: dict[str, Any]) -> str:
         status = row["status"]
-        side = status == "error" or (status == "rejected" and self.drop_rejected)
-        f = self.files["rejected" if side else "out"]
-        f.write(json.dumps(row) + "\n")
-        f.flush()
+        return "rejected" if status == "error" or (status == "rejected" and cfg.drop_rejected) \
+            else "out"  # fmt: skip
 
-    def sync(self) -> None:
-        for f in self.files.values():
-            os.fsync(f.fileno())
+    return JsonlWriter(
+        {"out": output, "rejected": rejected_path(output)}, route,
+        keep=lambda r: not (cfg.retry_errors and r.get("status") == "error"),
+        check=_checker(prompt), overwrite=cfg.overwrite,
+    )  # fmt: skip
+
+
+class RationaleStep(Step):
+    """Labelled images in, rows with a rationale (or the reason there is none) out. The
+    teacher is loaded in ``setup`` when ``engine`` is a loader, and then closed after use."""
+
+    def __init__(
+        self,
+        engine: Engine | Callable[[], Engine],
+        policy: Policy,
+        cfg: RationaleConfig,
+        given: dict[str, dict],
+        prompt: dict[str, str],
+    ) -> None:
+        self.engine, self.policy, self.cfg, self.given = engine, policy, cfg, given
+        self.teacher = engine if isinstance(engine, Engine) else None
+        self.reasons: Counter[str] = Counter()
+        self.meta = self._meta(prompt)
+
+    def _meta(self, prompt: dict[str, str]) -> dict[str, Any]:
+        from llavaguard import __version__
+
+        t = self.teacher
+        return {"teacher_model": t.model_id if t else None,
+                "teacher_engine": t.name if t else None, **prompt,
+                "llavaguard_version": __version__}  # fmt: skip
+
+    def setup(self) -> None:
+        if self.teacher is None:
+            self.teacher = self.engine()  # type: ignore[operator]
+            self.meta = self._meta({k: self.meta[k] for k in ("prompt_id", "policy_id")})
+
+    def process(self, batch: Sequence[LabelledSample]) -> list[Result]:
+        assert self.teacher is not None, "setup() first"
+        results: list[Result] = []
+
+        def emit(img: LabelledSample, fields: dict[str, Any]) -> None:
+            given = {k: v for k, v in self.given.get(img.id, {}).items() if k not in _WRITTEN}
+            if img.rationale:
+                given["input_rationale"] = img.rationale
+            row = {**given, **label_row(img), **fields, **self.meta, "time": _now()}
+            results.append(Result(row, fields["status"]))
+            if fields["status"] == "rejected":
+                self.reasons[fields["reason"].split(":")[0]] += 1
+
+        _run_batch(batch, self.teacher, self.policy, self.cfg, emit)
+        return results
 
     def close(self) -> None:
-        for f in self.files.values():
-            f.close()
+        if self.teacher is not None and not isinstance(self.engine, Engine):
+            self.teacher.close()
 
 
 def generate_rationales(
@@ -344,13 +365,12 @@ def generate_rationales(
     on_start: Callable[[int], None] | None = None,
     on_batch: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
-    """Ask ``engine`` to justify each labelled image's rating and category; write each row as
-    it finishes; skip ids already written. Returns counts and provenance.
+    """Ask ``engine`` to justify each labelled image's rating and category; write each batch's
+    rows as it finishes; skip ids already written. Returns counts and provenance.
 
     ``engine`` may be a function that loads one: it is called only when there is work (a rerun
     with nothing left does not load a large teacher), and the engine it gives is closed here.
     """
-    from llavaguard import __version__
     from llavaguard.inputs.tables import iter_rows
 
     cfg = config or RationaleConfig()
@@ -358,50 +378,21 @@ def generate_rationales(
     # the labels mean what they mean under the policy given, whose codes may be its own
     images = read_labels(labels, active, require_images=True)
     raw = {str(r.get("id") or r.get("image")): r for r in iter_rows(labels)}
-    out, side = Path(output), rejected_path(output)
-    if cfg.overwrite:
-        out.unlink(missing_ok=True)
-        side.unlink(missing_ok=True)
+    out = Path(output)
     prompt = {"prompt_id": PROMPT_ID, "policy_id": active.id}
-    done = _resume(out, prompt, cfg.retry_errors) | _resume(side, prompt, cfg.retry_errors)
+    writer = open_writer(out, prompt, cfg)
+    done = writer.done_ids()
     todo = [img for img in images if img.id not in done]
     if cfg.limit is not None:
         todo = todo[: cfg.limit]
     for img in todo:  # a category the policy lacks stops the run before any model call
         teacher_prompt(active, img.rating, img.category)
-    load = None if isinstance(engine, Engine) else engine
-    teacher = engine if isinstance(engine, Engine) else (engine() if todo else None)
-    meta = {"teacher_model": teacher.model_id if teacher else None,
-            "teacher_engine": teacher.name if teacher else None, **prompt,
-            "llavaguard_version": __version__}  # fmt: skip
-    counts: Counter[str] = Counter()
-    reasons: Counter[str] = Counter()
-    writer = _Writer(out, side, cfg.drop_rejected)
-
-    def emit(img: LabelledSample, fields: dict[str, Any]) -> None:
-        given = {k: v for k, v in raw.get(img.id, {}).items() if k not in _WRITTEN}
-        if img.rationale:
-            given["input_rationale"] = img.rationale
-        writer.write({**given, **label_row(img), **fields, **meta, "time": _now()})
-        counts[fields["status"]] += 1
-        if fields["status"] == "rejected":
-            reasons[fields["reason"].split(":")[0]] += 1
-
+    step = RationaleStep(engine, active, cfg, raw, prompt)
     started = time.perf_counter()
     if on_start is not None:
         on_start(len(todo))
-    try:
-        for i in range(0, len(todo), cfg.batch_size):
-            batch = todo[i : i + cfg.batch_size]
-            assert teacher is not None  # loaded above whenever there is work
-            _run_batch(batch, teacher, active, cfg, emit)
-            writer.sync()
-            if on_batch is not None:
-                on_batch(len(batch))
-    finally:
-        writer.close()
-        if load is not None and teacher is not None:
-            teacher.close()
+    run = LocalExecutor(step, writer, batch_size=cfg.batch_size, workers=1, on_batch=on_batch)
+    counts = run.run(todo, done).statuses
     return {
         "rows": len(images),
         "skipped": len(done & {img.id for img in images}),
@@ -409,10 +400,10 @@ def generate_rationales(
         "ok": counts["ok"],
         "rejected": counts["rejected"],
         "errors": counts["error"],
-        "reasons": dict(reasons),
+        "reasons": dict(step.reasons),
         "output": str(out),
-        "rejected_output": str(side),
-        **meta,
+        "rejected_output": str(rejected_path(out)),
+        **step.meta,
         "seconds": round(time.perf_counter() - started, 2),
     }
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import datetime as _dt
 from collections import defaultdict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,7 @@ from llavaguard.evaluate import metrics as M
 from llavaguard.evaluate.data import Joined, Prediction, join, load_predictions
 from llavaguard.guard.spec import GuardSpec
 from llavaguard.inputs.labels import LabelledSample, read_labels
+from llavaguard.pipeline import FAILED, JsonlWriter, LocalExecutor, Result, Step, is_failed
 
 SCHEMA_VERSION = 1
 
@@ -161,74 +162,84 @@ def compute(
 PREDICTIONS_FILE = "predictions.jsonl"
 
 
+class PredictStep(Step):
+    """Labelled samples in, one prediction each: each sample judged under its own policy (a
+    batch that spans policies runs as one engine call per policy)."""
+
+    def __init__(self, spec: GuardSpec) -> None:
+        self.spec = spec
+        self.guard: Any = None
+        self.made: dict[str, Prediction] = {}
+
+    def id_of(self, item: LabelledSample) -> str:
+        return item.id
+
+    def setup(self) -> None:
+        self.guard = self.spec.build()
+
+    def process(self, batch: Sequence[LabelledSample]) -> list[Result]:
+        results = [_result(Prediction(id=s.id, valid=False, error="the sample has no image",
+                                      policy_id=s.policy.id), {"error": "no image"})
+                   for s in batch if s.image is None]  # fmt: skip
+        groups: dict[str, list[LabelledSample]] = defaultdict(list)
+        for s in batch:
+            if s.image is not None:
+                groups[s.policy.id].append(s)
+        for group in groups.values():
+            images, ids = [s.image for s in group], [s.id for s in group]
+            answers = self.guard.assess(images, policy=group[0].policy, ids=ids,
+                                        batch_size=len(group))  # fmt: skip
+            for a in answers:
+                p = Prediction(id=a.image, rating=a.rating, category=a.category, score=a.score,
+                               valid=a.valid, error=a.error, policy_id=a.policy_id,
+                               rationale=a.rationale)  # fmt: skip
+                results.append(_result(p, a.model_dump()))
+        self.made.update((r.row["id"], Prediction.model_validate(r.row)) for r in results)
+        return results
+
+    def close(self) -> None:
+        if self.guard is not None:
+            self.guard.close()
+
+
+def _result(p: Prediction, record: dict[str, Any]) -> Result:
+    return Result(p.model_dump(mode="json"), FAILED if is_failed(record) else "predicted")
+
+
 def predict(
     samples: Sequence[LabelledSample],
     cfg: EvalConfig,
     on_start: Callable[[int], None] | None = None,
     on_batch: Callable[[int], None] | None = None,
 ) -> tuple[list[Prediction], dict[str, Any]]:
-    """Judge every sample under its own policy with ``cfg.guard``.
+    """Judge every sample under its own policy with ``cfg.guard``, on the local executor.
 
-    Samples are grouped by policy so each group runs in batches. Each answer is appended to
-    ``output/predictions.jsonl`` as it comes; a rerun keeps the answers already there (same
+    Samples are ordered by policy so batches share one. Each batch's answers are appended to
+    ``output/predictions.jsonl`` as they come; a rerun keeps the answers already there (same
     sample id, same policy, a rating given) and judges only the rest, so an interrupted run
-    loses nothing and a rerun retries what failed.
+    loses at most a batch and a rerun retries what failed.
     """
-    cfg.output.mkdir(parents=True, exist_ok=True)
-    path = cfg.output / PREDICTIONS_FILE
-    done: dict[str, Prediction] = {}
-    if path.exists():
-        policy_of = {s.id: s.policy.id for s in samples}
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:  # an interrupted run may have left half a line
-                p = Prediction.model_validate_json(line)
-            except ValueError:
-                continue
-            if p.rating is not None and p.policy_id == policy_of.get(p.id):
-                done[p.id] = p
-    todo = [s for s in samples if s.id not in done]
     spec = cfg.guard
     assert spec is not None  # EvalConfig makes sure
-    info = {"model": spec.model, "engine": None, "mode": spec.mode, "reused": len(done)}
-    if todo:
-        guard = spec.build()
-        info["engine"] = guard.engine.name
-        groups: dict[str, list[LabelledSample]] = defaultdict(list)
-        for s in todo:
-            groups[s.policy.id].append(s)
-        if on_start is not None:
-            on_start(len(todo))
-        with guard, path.open("a", encoding="utf-8") as out:
-            for group in groups.values():
-                for p in _judge(guard, group, cfg.batch_size, on_batch):
-                    done[p.id] = p
-                    out.write(p.model_dump_json() + "\n")
-                    out.flush()
+    policy_of = {s.id: s.policy.id for s in samples}
+    writer = JsonlWriter(
+        {"predictions": cfg.output / PREDICTIONS_FILE},
+        keep=lambda r: r.get("rating") is not None and r.get("policy_id") == policy_of.get(r["id"]),
+    )  # a rerun retries what has no rating; a prediction under another policy is redone
+    done = {str(r["id"]): Prediction.model_validate(r) for r in writer.rows()}
+    reused = len(done)
+    order = {pid: i for i, pid in enumerate(dict.fromkeys(policy_of.values()))}
+    todo = sorted((s for s in samples if s.id not in done), key=lambda s: order[s.policy.id])
+    step = PredictStep(spec)
+    if todo and on_start is not None:
+        on_start(len(todo))
+    LocalExecutor(step, writer, batch_size=cfg.batch_size, workers=1, on_batch=on_batch).run(
+        todo, set(done)
+    )
+    done.update(step.made)
+    engine = step.guard.engine.name if step.guard is not None else None
+    info = {"model": spec.model, "engine": engine, "mode": spec.mode, "reused": reused}
     return [done[s.id] for s in samples], info
-
-
-def _judge(
-    guard: Any, group: list[LabelledSample], batch_size: int, on_batch: Any
-) -> Iterator[Prediction]:
-    """Predictions for samples that share one policy, in order."""
-    for s in group:
-        if s.image is None:
-            yield Prediction(id=s.id, valid=False, error="the sample has no image",
-                             policy_id=s.policy.id)  # fmt: skip
-    with_image = [s for s in group if s.image is not None]
-    if not with_image:
-        return
-    for a in guard.assess_iter(
-        [s.image for s in with_image],
-        policy=with_image[0].policy,
-        ids=[s.id for s in with_image],
-        batch_size=batch_size,
-        on_batch=on_batch,
-    ):
-        yield Prediction(
-            id=a.image, rating=a.rating, category=a.category, score=a.score, valid=a.valid,
-            error=a.error, policy_id=a.policy_id, rationale=a.rationale,
-        )  # fmt: skip
 
 
 def config_record(cfg: EvalConfig) -> dict[str, Any]:
