@@ -143,9 +143,17 @@ def test_predictions_of_llavaguard_assess_join_by_image_path(tmp_path):
 
 
 def test_a_shared_image_path_is_not_credited_to_several_samples(tmp_path, labelled):
-    preds = write_jsonl(tmp_path / "by-image.jsonl", [{"image": "a.jpg", "rating": "Unsafe"}])
-    rows = join(read_labels(labelled[0]), load_predictions(preds))
-    assert all(r.prediction is None for r in rows)  # a.jpg is labelled twice: needs ids
+    samples = read_labels(labelled[0])
+    shared = [s for s in samples if Path(s.image).name == "a.jpg"]
+    assert len(shared) == 2  # a.jpg is labelled twice (its path made absolute by the reader)
+    rows = [{"image": shared[0].image, "rating": "Unsafe"}]  # keyed by that very path
+    rows = join(samples, load_predictions(write_jsonl(tmp_path / "by-image.jsonl", rows)))
+    assert all(r.prediction is None for r in rows)  # so it needs ids
+    images = [s.image for s in samples]
+    unique = next(s for s in samples if images.count(s.image) == 1)
+    rows = [{"image": unique.image, "rating": "Unsafe"}]  # an image labelled once does match
+    rows = join(samples, load_predictions(write_jsonl(tmp_path / "by-unique.jsonl", rows)))
+    assert [r.sample.id for r in rows if r.prediction is not None] == [unique.id]
 
 
 def test_variants_derive_their_labels(labelled):
