@@ -52,6 +52,20 @@ def tiny_models(tmp_path_factory) -> Callable[..., Path]:
     return get
 
 
+@pytest.fixture(scope="session")
+def tiny(tiny_models) -> Path:
+    """The default family's tiny model (the annotation tests' model)."""
+    return tiny_models("llava-onevision")
+
+
+@pytest.fixture(scope="session")
+def photos(tmp_path_factory) -> list[Path]:
+    """Six sample photos of assorted formats and sizes (a test file may define its own)."""
+    from llavaguard.testing import make_sample_images
+
+    return make_sample_images(tmp_path_factory.mktemp("photos"), 6, seed=3)
+
+
 def cli(
     *args: str, env: dict[str, str] | None = None, cwd: str | os.PathLike | None = None
 ) -> subprocess.CompletedProcess:

@@ -23,18 +23,6 @@ from conftest import cli
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def tiny(tiny_models) -> Path:
-    return tiny_models("llava-onevision")
-
-
-@pytest.fixture(scope="module")
-def photos(tmp_path_factory) -> list[Path]:
-    from llavaguard.testing import make_sample_images
-
-    return make_sample_images(tmp_path_factory.mktemp("photos"), 6, seed=3)
-
-
 # where the kill -9 runs die: after N rows are durable in a shard, or with the Nth shard
 # written to its temporary name but not renamed (pipeline.writer.crash_point)
 CRASH_POINTS = ("rows:3", "shard:1", "rows:6", "shard:2", "rows:9")

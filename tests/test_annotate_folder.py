@@ -20,18 +20,6 @@ from llavaguard.inputs.sources import read_source
 from conftest import cli
 
 
-@pytest.fixture(scope="module")
-def tiny(tiny_models) -> Path:
-    return tiny_models("llava-onevision")
-
-
-@pytest.fixture(scope="module")
-def photos(tmp_path_factory) -> list[Path]:
-    from llavaguard.testing import make_sample_images
-
-    return make_sample_images(tmp_path_factory.mktemp("photos"), 6, seed=3)
-
-
 def shard(path: Path, members: dict[str, bytes]) -> Path:
     with tarfile.open(path, "w") as tar:
         for name, data in members.items():
