@@ -18,6 +18,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from llavaguard.dataset.build import V12_RECIPE
+
 THRESHOLDS = {"balanced_accuracy": 0.9, "per": 0.9, "category_accuracy": 0.9}
 
 
@@ -35,11 +37,20 @@ class LoopConfig(BaseModel):
     batch_size: int = Field(8, ge=1)
     eval_samples: int = Field(64, ge=0, description="Scored at each evaluation during training.")
     annotate_images: int = Field(24, ge=0, description="New images annotated at the end.")
+    recipe: list[str] = Field(
+        list(V12_RECIPE), description="Augmentations per Unsafe image (dataset build's recipe)."
+    )
     compact_policy: bool = Field(
         False, description="Train and judge under the benchmark's compact taxonomy."
     )
     seed: int = 0
 
+
+# The light and demo scales teach the small model the own-category exception twice per Unsafe
+# image (v1.2's recipe has it once, beside three v3): in the five minutes a newcomer waits, the
+# v1.2 recipe left PER at 0.889 (3 epochs) and 0.833 (4 epochs) on the held-out images, this
+# one reached 1.000 (`llavaguard demo --scale light`; docs/benchmarks.md). Full keeps v1.2's.
+DEMO_RECIPE = ["v3", "v3", "v2", "v2"]
 
 SCALES: dict[str, dict[str, Any]] = {
     # the test suite's version: fewer images, under the compact taxonomy (a 570-token prompt);
@@ -47,7 +58,8 @@ SCALES: dict[str, dict[str, Any]] = {
     # thresholds are checked by the evaluation stage, on every held-out sample)
     "light": {
         "per_category": 12,
-        "epochs": 3.0,
+        "epochs": 4.0,
+        "recipe": DEMO_RECIPE,
         "eval_samples": 16,
         "annotate_images": 6,
         "compact_policy": True,
@@ -56,7 +68,8 @@ SCALES: dict[str, dict[str, Any]] = {
     # test suite checks against the thresholds), a larger folder annotated
     "demo": {
         "per_category": 12,
-        "epochs": 3.0,
+        "epochs": 4.0,
+        "recipe": DEMO_RECIPE,
         "eval_samples": 16,
         "annotate_images": 12,
         "compact_policy": True,
@@ -113,7 +126,8 @@ def _stages(cfg: LoopConfig, stages: Any, say: Callable[[str], None]) -> dict[st
     )
     built = stages.run(
         "build dataset",
-        lambda: build_dataset(str(labels), str(dataset), seed=seed, policy=policy),
+        lambda: build_dataset(str(labels), str(dataset), recipe=cfg.recipe, seed=seed,
+                              policy=policy),
         say,
     )
     base_model = stages.run("base model", base, say)
