@@ -126,8 +126,9 @@ def _stages(cfg: LoopConfig, stages: Any, say: Callable[[str], None]) -> dict[st
     )
     built = stages.run(
         "build dataset",
-        lambda: build_dataset(str(labels), str(dataset), recipe=cfg.recipe, seed=seed,
-                              policy=policy),
+        lambda: build_dataset(
+            str(labels), str(dataset), recipe=cfg.recipe, seed=seed, policy=policy
+        ),
         say,
     )
     base_model = stages.run("base model", base, say)
