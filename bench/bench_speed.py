@@ -64,8 +64,9 @@ def worker(spec: dict) -> dict:
     cfg = dict(spec["config"])
     generation = GenerationConfig(**cfg.pop("generation", {}))
     started = time.perf_counter()
-    guard = GuardSpec(model=spec["model"], engine_options={"device": "cpu"},
-                      generation=generation, **cfg).build()  # fmt: skip
+    options = {"device": "cpu", "dtype": cfg.pop("dtype")}
+    guard = GuardSpec(model=spec["model"], engine_options=options, generation=generation,
+                      **cfg).build()  # fmt: skip
     load_s = time.perf_counter() - started
     images = spec["images"]
     engine = guard.engine
