@@ -130,22 +130,9 @@ def spec_from_options(**flat: Any) -> GuardSpec:
         fields["model"] = flat["model"]
     if "constrain" in flat:
         fields["constrained"] = flat["constrain"]
-    return _validated(engine=engine, engine_options=given, generation=generation,
-                      image_limits=limits, **fields)  # fmt: skip
-
-
-def _validated(**fields: Any) -> GuardSpec:
-    from pydantic import ValidationError
-
-    from llavaguard.errors import ConfigError
-
-    try:
-        return GuardSpec(**fields)
-    except ValidationError as e:
-        first = e.errors()[0]
-        where = ".".join(str(x) for x in first.get("loc", ())) or "option"
-        msg = str(first.get("msg", e)).removeprefix("Value error, ")
-        raise ConfigError(f"{where}: {msg}") from None
+    # a refused value is a ValidationError, which ``cli.main`` prints as one line
+    return GuardSpec(engine=engine, engine_options=given, generation=generation,
+                     image_limits=limits, **fields)  # fmt: skip
 
 
 def guard_options(*groups: tuple[str, ...]) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
