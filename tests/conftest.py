@@ -6,11 +6,15 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import socket
 import subprocess
 import sys
+import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 
+import httpx
 import pytest
 
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -112,6 +116,48 @@ def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 300,
         timeout=timeout,
         **kw,
     )
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(model: Path, *args: str) -> tuple[subprocess.Popen, str]:
+    """`llavaguard serve` in a subprocess on a free loopback port, once /health answers. Its
+    output goes to a file (``proc.log``), not a pipe: a pipe nobody reads fills up and then
+    blocks the server on its next log line."""
+    port = free_port()
+    log = tempfile.TemporaryFile("w+")  # noqa: SIM115 (closed with the process)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "llavaguard", "serve", "--model", str(model), "--port", str(port),
+         "--max-new-tokens", "24", *args],
+        stdout=log, stderr=subprocess.STDOUT, text=True,
+        env={**os.environ, "LLAVAGUARD_API_KEYS": ""},
+    )  # fmt: skip
+    proc.log = log
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            log.seek(0)
+            raise RuntimeError(log.read())
+        try:
+            if httpx.get(url + "/health", timeout=1).status_code == 200:
+                return proc, url
+        except httpx.HTTPError:
+            time.sleep(0.3)
+    proc.kill()
+    raise RuntimeError("server did not start")
+
+
+def stop(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
 
 
 # CI runs the same hypothesis examples every time; local runs explore new ones.

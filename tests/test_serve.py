@@ -6,12 +6,7 @@ from __future__ import annotations
 import base64
 import http.server
 import json
-import os
-import socket
-import subprocess
-import sys
 import threading
-import time
 import typing
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -21,7 +16,7 @@ import pytest
 
 from llavaguard.policy import Policy
 
-from conftest import cli
+from conftest import cli, free_port, start_server, stop
 
 KEY = "test-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -60,42 +55,6 @@ def favour_ratings(src: Path, out: Path, images: list[Path], logits=(6.0, 6.3)) 
     model.save_pretrained(out)
     eng.processor.save_pretrained(out)
     return out
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_server(model: Path, *args: str) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "llavaguard", "serve", "--model", str(model), "--port", str(port),
-         "--max-new-tokens", "24", *args],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        env={**os.environ, "LLAVAGUARD_API_KEYS": ""},
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(proc.stdout.read())
-        try:
-            if httpx.get(url + "/health", timeout=1).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            time.sleep(0.3)
-    proc.kill()
-    raise RuntimeError("server did not start")
-
-
-def stop(proc: subprocess.Popen) -> None:
-    proc.terminate()
-    try:
-        proc.wait(20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
 
 
 @pytest.fixture(scope="module")

@@ -42,7 +42,7 @@ def _train(built, out: Path, *extra: str):
 
 @pytest.mark.slow  # trains
 def test_full_training_merges_into_a_model_assess_and_serve_load(built):
-    from test_serve import start_server, stop
+    from conftest import start_server, stop
 
     out = built["root"] / "full"
     r = _train(built, out, "--merge", "--train-projector", "--eval-steps", "2")
