@@ -34,6 +34,15 @@ def serve(
     allow_image_urls: bool = typer.Option(
         False, "--allow-image-urls", help="Fetch http(s) image URLs (never private addresses)."
     ),
+    header_timeout: float = typer.Option(
+        10.0, "--header-timeout", help="Seconds for a request's headers, then 408."
+    ),
+    body_timeout: float = typer.Option(
+        60.0, "--body-timeout", help="Seconds for a request's body, then 408."
+    ),
+    keep_alive_timeout: float = typer.Option(
+        5.0, "--keep-alive-timeout", help="Seconds an idle connection stays open."
+    ),
 ) -> None:
     """Serve assessments over HTTP with dynamic batching: /v1/assess, /v1/chat/completions,
     /v1/moderations, /health, /metrics, /docs."""
@@ -44,6 +53,7 @@ def serve(
         guard=spec, host=host, port=port, max_batch_size=max_batch_size,
         max_wait_ms=max_wait_ms, max_queue=max_queue, request_timeout=request_timeout,
         max_body_mb=max_body_mb, api_keys=[k for key in accepted_keys for k in key.split(",") if k],
-        allow_image_urls=allow_image_urls,
+        allow_image_urls=allow_image_urls, header_timeout=header_timeout,
+        body_timeout=body_timeout, keep_alive_timeout=keep_alive_timeout,
     )  # fmt: skip
     run(config)

@@ -22,10 +22,20 @@ def create_app(config: ServeConfig | None = None, guard: Any = None) -> Any:
 
 
 def serve(config: ServeConfig) -> None:
-    """Load the model, then answer HTTP until interrupted."""
+    """Load the model, then answer HTTP until interrupted, with the connection timeouts of
+    ``config`` (``connections``: a deadline for each request's head, idle keep-alive)."""
     import uvicorn
 
-    uvicorn.run(create_app(config), host=config.host, port=config.port, log_level="info")
+    from llavaguard.serve.connections import timed_protocol
+
+    uvicorn.run(
+        create_app(config),
+        host=config.host,
+        port=config.port,
+        log_level="info",
+        http=timed_protocol(config.header_timeout),
+        timeout_keep_alive=config.keep_alive_timeout,  # type: ignore[arg-type]
+    )
 
 
 __all__ = ["ServeConfig", "create_app", "serve"]

@@ -11,17 +11,16 @@ typed job (``jobs``) -> the ``Batcher`` runs equal jobs as one batch on the Guar
 
 from __future__ import annotations
 
-import time
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING
 
-from fastapi import FastAPI, Request
-from fastapi.responses import Response
+from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
 from llavaguard import __version__
 from llavaguard.serve.config import ServeConfig
-from llavaguard.serve.errors import error_response, install_error_handlers
+from llavaguard.serve.edge import Edge
+from llavaguard.serve.errors import install_error_handlers
 from llavaguard.serve.handlers import Handlers
 from llavaguard.serve.protocol import ErrorResponse
 from llavaguard.serve.routes import router
@@ -40,7 +39,7 @@ def create_app(config: ServeConfig | None = None, guard: Guard | None = None) ->
         version=__version__,
         summary="Judge images against written safety policies with vision-language models.",
         lifespan=lifespan(config, guard),
-        responses={k: {"model": ErrorResponse} for k in (400, 401, 413, 503, 504)},
+        responses={k: {"model": ErrorResponse} for k in (400, 401, 408, 413, 503, 504)},
     )
     app.state.config = config
     install_middleware(app, config)
@@ -71,23 +70,6 @@ def lifespan(config: ServeConfig, guard: Guard | None):
 
 
 def install_middleware(app: FastAPI, config: ServeConfig) -> None:
-    """Refuse an oversized body before reading it (413), and count every request by route
-    and status, errors included."""
-    limit = int(config.max_body_mb * 1024 * 1024)
-
-    @app.middleware("http")
-    async def count_and_limit(request: Request, call_next):
-        started = time.perf_counter()
-        length = request.headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > limit:
-            response: Response = error_response(
-                413, f"request body over {config.max_body_mb:g} MB", "request_too_large"
-            )
-        else:
-            response = await call_next(request)
-        route = request.scope.get("route")
-        path = getattr(route, "path", "unmatched")
-        runtime = getattr(request.app.state, "runtime", None)
-        if runtime is not None:
-            runtime.metrics.request(path, response.status_code, time.perf_counter() - started)
-        return response
+    """The edge (``serve.edge``): keys, body size and body time checked as the request
+    arrives, and every request counted by route and status, refusals included."""
+    app.add_middleware(Edge, config=config)

@@ -31,3 +31,13 @@ class ServeConfig(BaseModel):
     allow_image_urls: bool = Field(
         False, description="Fetch http(s) image URLs (never private or loopback addresses)."
     )
+    # connections
+    header_timeout: float = Field(
+        10.0, gt=0, description="Seconds for a request's line and headers to arrive, then 408."
+    )
+    body_timeout: float = Field(
+        60.0, gt=0, description="Seconds for a request's whole body to arrive, then 408."
+    )
+    keep_alive_timeout: float = Field(
+        5.0, gt=0, description="Seconds an idle connection stays open between requests."
+    )

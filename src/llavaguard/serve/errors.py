@@ -7,6 +7,8 @@ shape with a one-line message, so a client parses every failure the same way.
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Sequence
 from typing import Any, TypeVar
 
@@ -20,6 +22,10 @@ from llavaguard.errors import EngineError, LlavaGuardError
 
 M = TypeVar("M", bound=BaseModel)
 
+TOO_DEEP = "the request is nested too deeply"
+# OpenAI-style error types of the statuses the edge (serve.edge) and Starlette answer
+HTTP_KINDS = {401: "authentication_error", 408: "timeout", 413: "request_too_large"}
+
 
 class ApiError(Exception):
     """A failure the client is told about: HTTP status, one-line message, OpenAI ``type``."""
@@ -29,8 +35,16 @@ class ApiError(Exception):
         self.status, self.message, self.kind = status, message, kind
 
 
+# a C++ library's source location in its messages, e.g. xgrammar's
+# "[23:43:10] /project/cpp/json_schema_converter.cc:5082: ": the server's internals, not the
+# client's business
+SOURCE_LOCATION = re.compile(r"\[[\d:]+\] \S+?\.(?:cc|cpp|h|hpp):\d+: ")
+
+
 def error_response(status: int, message: str, kind: str, **headers: str) -> JSONResponse:
-    body = {"error": {"message": " ".join(message.split()), "type": kind, "code": status}}
+    """The one error shape; the message on one line, without library source locations."""
+    message = SOURCE_LOCATION.sub("", " ".join(message.split()))
+    body = {"error": {"message": message, "type": kind, "code": status}}
     return JSONResponse(body, status_code=status, headers=headers or None)
 
 
@@ -40,6 +54,24 @@ def first_error(errors: Sequence[Any]) -> str:
     err = errors[0]
     where = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
     return f"{where}: {err.get('msg')}" if where else str(err.get("msg"))
+
+
+def loads(raw: str | bytes, what: str = "the body") -> Any:
+    """JSON text as data, or ApiError 400: invalid, or nested past what the parser takes."""
+    try:
+        return json.loads(raw)
+    except RecursionError:
+        raise ApiError(400, f"{what}: JSON nested too deeply") from None
+    except ValueError:
+        raise ApiError(400, f"{what} is not valid JSON") from None
+
+
+def grammar_error(e: Exception, where: str = "response_format.json_schema") -> ApiError:
+    """ApiError 400 for a schema the grammar compiler refused, in one line without the
+    compiler's source location."""
+    lines = str(e).strip().splitlines()
+    reason = SOURCE_LOCATION.sub("", lines[0]) if lines else "not a schema the server takes"
+    return ApiError(400, f"{where}: {reason}")
 
 
 def parse(model: type[M], data: Any) -> M:
@@ -62,7 +94,13 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, e: StarletteHTTPException) -> JSONResponse:
-        return error_response(e.status_code, str(e.detail), "invalid_request_error")
+        kind = HTTP_KINDS.get(e.status_code, "invalid_request_error")
+        return error_response(e.status_code, str(e.detail), kind, **(e.headers or {}))
+
+    @app.exception_handler(RecursionError)
+    async def too_deep(request: Request, e: RecursionError) -> JSONResponse:
+        # only a request's own nesting reaches this deep (JSON, a policy, a schema)
+        return error_response(400, TOO_DEEP, "invalid_request_error")
 
     @app.exception_handler(LlavaGuardError)
     async def ours(request: Request, e: LlavaGuardError) -> JSONResponse:

@@ -6,10 +6,9 @@ moderation handler reuses ``judge`` so both endpoints batch together under one p
 
 from __future__ import annotations
 
-import json
 from typing import TYPE_CHECKING, Any
 
-from llavaguard.serve.errors import ApiError, parse
+from llavaguard.serve.errors import ApiError, loads, parse
 from llavaguard.serve.handlers.base import Handler
 from llavaguard.serve.jobs import AssessJob
 from llavaguard.serve.protocol.assess import AssessRequest
@@ -43,11 +42,7 @@ class AssessHandler(Handler):
         return a
 
     async def _from_json(self, raw: bytes) -> Inputs:
-        try:
-            data = json.loads(raw)
-        except ValueError:
-            raise ApiError(400, "the body is not valid JSON") from None
-        body = parse(AssessRequest, data)
+        body = parse(AssessRequest, loads(raw))
         if (body.image is None) == (body.image_url is None):
             raise ApiError(400, "give exactly one of 'image' (base64) and 'image_url'")
         policy = self.policy(body.policy, body.allow, body.sensitive)
@@ -58,17 +53,22 @@ class AssessHandler(Handler):
         upload = form.get("image")
         if upload is None or isinstance(upload, str):
             raise ApiError(400, "multipart upload needs a file field 'image'")
-        policy = self.policy(_policy_field(form.get("policy")), form.get("allow"),
-                             form.get("sensitive"))  # fmt: skip
+        policy = self.policy(_policy_field(_text(form, "policy")), _text(form, "allow"),
+                             _text(form, "sensitive"))  # fmt: skip
         image = await self.image(data=await upload.read())
-        return image, policy, str(form.get("id") or upload.filename or "image")
+        return image, policy, str(_text(form, "id") or upload.filename or "image")
 
 
-def _policy_field(value: Any) -> Any:
+def _text(form: FormData, name: str) -> str | None:
+    """A text form field; ApiError 400 when a file was sent where text belongs."""
+    value = form.get(name)
+    if value is not None and not isinstance(value, str):
+        raise ApiError(400, f"{name}: expected a text field, got a file")
+    return value
+
+
+def _policy_field(value: str | None) -> Any:
     """A form field holds a policy name, or a custom policy as JSON text."""
-    if isinstance(value, str) and value.lstrip().startswith("{"):
-        try:
-            value = json.loads(value)
-        except ValueError:
-            raise ApiError(400, "policy: invalid JSON") from None
+    if value is not None and value.lstrip().startswith("{"):
+        return loads(value, "policy")
     return value or None
