@@ -8,13 +8,15 @@ text, optionally a final assistant message to continue (vLLM's ``continue_final_
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
+from starlette.concurrency import run_in_threadpool
 
-from llavaguard.serve.errors import ApiError
+from llavaguard.serve.errors import ApiError, grammar_error
 from llavaguard.serve.handlers.base import Handler
 from llavaguard.serve.jobs import ChatJob, TopLogprobsJob
 from llavaguard.serve.protocol.chat import (
@@ -38,8 +40,10 @@ class ChatHandler(Handler):
     async def create(self, body: ChatRequest) -> ChatCompletionResponse:
         if body.stream:
             raise ApiError(400, "streaming is not supported")
-        request = await self._vision_request(body)
         config = self._generation_config(body)
+        if config.json_schema is not None:
+            await run_in_threadpool(check_schema, config.json_schema)
+        request = await self._vision_request(body)
         logprobs = None
         if body.logprobs and (body.top_logprobs or 0) > 0 and config.max_new_tokens == 1:
             text, logprobs = await self._top_logprobs(request, body.top_logprobs)
@@ -114,6 +118,18 @@ def _is_text(part: str | ContentPart) -> bool:
 
 def _is_image(part: str | ContentPart) -> bool:
     return not _is_text(part) and part.image_url is not None
+
+
+def check_schema(schema: dict[str, Any]) -> None:
+    """ApiError 400 unless the grammar compiler takes ``schema`` (its conversion only, in
+    milliseconds for the sizes the protocol allows; compiling it for the tokenizer comes
+    later): a bad schema is the client's error, not the model's."""
+    import xgrammar as xgr
+
+    try:
+        xgr.Grammar.from_json_schema(json.dumps(schema), any_whitespace=False)
+    except Exception as e:  # xgrammar raises RuntimeError; anything it raises means "no"
+        raise grammar_error(e) from None
 
 
 def response_schema(response_format: dict[str, Any] | None) -> dict[str, Any] | None:

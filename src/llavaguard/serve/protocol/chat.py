@@ -3,9 +3,16 @@ need (what the remote engine and the official client send), plus vLLM's extensio
 
 from __future__ import annotations
 
+import json
 from typing import Any, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+# A response_format schema is compiled into a grammar for the model: a bounded one, so a
+# request cannot make the compiler (or the JSON encoder) recurse or work without end.
+MAX_SCHEMA_DEPTH = 32  # nested objects and arrays; the policy's own schema has 4
+MAX_SCHEMA_BYTES = 64 * 1024  # as JSON text
+SEED_RANGE = (-(2**63), 2**63 - 1)  # a signed 64-bit integer, what engines take (vLLM too)
 
 
 class ImageURL(BaseModel):
@@ -48,7 +55,7 @@ class ChatRequest(BaseModel):
     temperature: float = Field(0.0, ge=0.0, le=2.0, description="Default 0: greedy.")
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     top_k: int | None = Field(None)
-    seed: int | None = None
+    seed: int | None = Field(None, ge=SEED_RANGE[0], le=SEED_RANGE[1])
     n: int = Field(1, ge=1, le=1, description="One choice per request.")
     stream: bool = False
     response_format: dict[str, Any] | None = None
@@ -56,6 +63,39 @@ class ChatRequest(BaseModel):
     top_logprobs: int | None = Field(None, ge=0, le=20)
     continue_final_message: bool = False
     add_generation_prompt: bool = True
+
+    @field_validator("response_format")
+    @classmethod
+    def _bounded_schema(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        """A ``json_schema`` nested at most ``MAX_SCHEMA_DEPTH`` deep and at most
+        ``MAX_SCHEMA_BYTES`` long (whether the grammar compiler takes it is the handler's
+        check, off the event loop)."""
+        schema = ((value or {}).get("json_schema") or {}).get("schema")
+        if not isinstance(schema, dict | list):
+            return value
+        deep = f"the schema is nested deeper than {MAX_SCHEMA_DEPTH} levels"
+        try:  # the length first: C-fast, and it bounds the walk that measures the depth
+            length = len(json.dumps(schema))
+        except RecursionError:
+            raise ValueError(deep) from None
+        if length > MAX_SCHEMA_BYTES:
+            raise ValueError(f"the schema is longer than {MAX_SCHEMA_BYTES // 1024} KB as JSON")
+        if nesting(schema) > MAX_SCHEMA_DEPTH:
+            raise ValueError(deep)
+        return value
+
+
+def nesting(data: Any) -> int:
+    """How deep objects and arrays nest in JSON-like data (without recursing: the data may be
+    nested deeper than Python recurses)."""
+    deepest, todo = 0, [(data, 1)]
+    while todo:
+        item, depth = todo.pop()
+        children = item.values() if isinstance(item, dict) else item
+        if isinstance(item, dict | list):
+            deepest = max(deepest, depth)
+            todo.extend((child, depth + 1) for child in children)
+    return deepest
 
 
 class TopLogprob(BaseModel):
