@@ -11,10 +11,16 @@ throughout. Attacks go above the ``-- attacks above --`` line.
 
 from __future__ import annotations
 
+import base64
+import json
+import select
+import socket
 import threading
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -95,6 +101,238 @@ def server(tmp_path_factory, tiny_models):
     yield {"url": url, "proc": proc, "monitor": monitor, "photo": photo}
     monitor.stop()
     stop(proc)
+
+
+# -- edge: body limits, keys, client errors, URLs, slow clients --------------------------
+
+
+def address(url: str) -> tuple[str, int]:
+    parts = urlsplit(url)
+    return parts.hostname, parts.port
+
+
+def chunked(total: int, size: int = 64 * 1024) -> Iterator[bytes]:
+    """``total`` bytes of a JSON-looking body as HTTP/1.1 chunks, made as they are sent."""
+    piece = b"[" + b"0," * (size // 2 - 1) + b"0"
+    for _ in range(total // size):
+        yield b"%x\r\n%s\r\n" % (len(piece), piece)
+    yield b"0\r\n\r\n"
+
+
+def raw_exchange(url: str, head: str, body: Iterable[bytes] = (), wait: float = 10) -> dict:
+    """Send a request head and then ``body`` piece by piece on a raw socket, stopping as soon
+    as the server answers or stops taking bytes; then read its answer. httpx cannot send a
+    body it does not know the end of while watching for an early answer; this can."""
+    sent = 0
+    with socket.create_connection(address(url), timeout=wait) as sock:
+        sock.sendall(head.encode())
+        for piece in body:
+            if select.select([sock], [], [], 0)[0]:
+                break  # the answer is there: stop sending
+            sock.settimeout(2)
+            try:
+                sock.sendall(piece)
+            except (TimeoutError, BrokenPipeError, ConnectionResetError):
+                break
+            sent += len(piece)
+        sock.settimeout(wait)
+        answer = read_answer(sock)
+    return {**answer, "sent": sent}
+
+
+def read_answer(sock: socket.socket) -> dict:
+    """Status and JSON body of one HTTP answer (the body sized by content-length)."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        more = sock.recv(65536)
+        if not more:
+            return {"status": None, "closed": True}
+        data += more
+    head, _, rest = data.partition(b"\r\n\r\n")
+    lines = head.decode().split("\r\n")
+    headers = {k.lower(): v for k, _, v in (line.partition(": ") for line in lines[1:])}
+    while len(rest) < int(headers.get("content-length", 0)):
+        more = sock.recv(65536)
+        if not more:
+            break
+        rest += more
+    return {"status": int(lines[0].split()[1]), "headers": headers, "json": json.loads(rest)}
+
+
+def head_of(path: str, *lines: str) -> str:
+    return "".join(f"{line}\r\n" for line in (f"POST {path} HTTP/1.1", "Host: x", *lines, ""))
+
+
+def one_line_error(answer: dict, status: int) -> str:
+    """The error message of an answer in the server's one shape, checked to be one line with
+    no internals (library paths, Python reprs, tracebacks)."""
+    err = answer["error"]
+    assert err["code"] == status, answer
+    message = err["message"]
+    for internal in ("\n", "Traceback", "/project/", ".cc:", "object at", "UploadFile(", "(("):
+        assert internal not in message, message
+    return message
+
+
+@pytest.mark.parametrize("path", ["/v1/assess", "/v1/chat/completions", "/v1/moderations"])
+def test_a_chunked_body_is_refused_at_the_limit_as_it_streams(server, path):
+    """400 MB sent chunked (no content-length): 413 once 4 MB are in, long before the end."""
+    head = head_of(path, "Transfer-Encoding: chunked", "Content-Type: application/json",
+                   f"Authorization: Bearer {KEY}")  # fmt: skip
+    answer = raw_exchange(server["url"], head, chunked(400 * 1024 * 1024))
+    assert answer["status"] == 413, answer
+    assert "over 4 MB" in one_line_error(answer["json"], 413)
+    assert answer["sent"] < 64 * 1024 * 1024, answer["sent"]  # refused early, not read whole
+
+
+def test_a_multipart_chunked_upload_is_refused_at_the_limit(server):
+    boundary = "b0undary"
+    head = head_of("/v1/assess", "Transfer-Encoding: chunked", f"Authorization: Bearer {KEY}",
+                   f"Content-Type: multipart/form-data; boundary={boundary}")  # fmt: skip
+    first = (f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="a.png"'
+             "\r\nContent-Type: image/png\r\n\r\n").encode()  # fmt: skip
+    body = [b"%x\r\n%s\r\n" % (len(first), first), *chunked(100 * 1024 * 1024)]
+    answer = raw_exchange(server["url"], head, body)
+    assert answer["status"] == 413, answer
+    assert answer["sent"] < 64 * 1024 * 1024, answer["sent"]
+
+
+@pytest.mark.parametrize("path", ["/v1/assess", "/v1/chat/completions", "/v1/moderations",
+                                  "/v1/models"])  # fmt: skip
+@pytest.mark.parametrize("framing", ["Content-Length: 314572800", "Transfer-Encoding: chunked"])
+def test_a_keyless_body_is_refused_before_a_byte_of_it_is_read(server, path, framing):
+    """A 300 MB body without a key: 401 on the headers alone (the body is never sent here,
+    so a server that waited for it would not answer)."""
+    head = head_of(path, framing, "Content-Type: application/json")
+    answer = raw_exchange(server["url"], head, wait=5)
+    assert answer["status"] == 401, answer
+    assert one_line_error(answer["json"], 401) == "missing or invalid API key"
+    assert answer["headers"]["www-authenticate"] == "Bearer"
+
+
+def nested(depth: int) -> str:
+    return "[" * depth + "]" * depth
+
+
+def schema_nested(depth: int) -> dict:
+    schema: dict = {"type": "object"}
+    for _ in range(depth):
+        schema = {"type": "object", "properties": {"a": schema}}
+    return schema
+
+
+def chat_body(server, **fields) -> dict:
+    url = "data:image/png;base64," + base64.b64encode(server["photo"].read_bytes()).decode()
+    content = [{"type": "image_url", "image_url": {"url": url}}, {"type": "text", "text": "hi"}]
+    return {"messages": [{"role": "user", "content": content}], "max_tokens": 4, **fields}
+
+
+def schema_format(schema: dict) -> dict:
+    return {"response_format": {"type": "json_schema", "json_schema": {"schema": schema}}}
+
+
+CLIENT_ERRORS = {
+    "nested JSON body": ("/v1/assess", {"content": nested(100_000)}, "nested too deeply"),
+    "nested chat body": ("/v1/chat/completions", {"content": nested(100_000)}, None),
+    "nested moderation body": ("/v1/moderations", {"content": '{"input":' + nested(10**5) + "}"},
+                               None),
+    "nested inline policy": ("/v1/assess", {"content": '{"image": "aGk=", "policy": {"name": '
+                             + nested(5000) + "}}"}, "nested too deeply"),
+    "nested multipart policy": ("/v1/assess", {"data": {"policy": '{"a": ' + nested(10**5) + "}"}},
+                                "nested too deeply"),
+    "multipart allow as a file": ("/v1/assess", {"files": {"allow": ("a.txt", b"O1")}},
+                                  "allow: expected a text field"),
+    "multipart policy as a file": ("/v1/assess", {"files": {"policy": ("p.json", b"{}")}},
+                                   "policy: expected a text field"),
+    "schema nested 200 deep": ("/v1/chat/completions", {"chat": schema_format(schema_nested(200))},
+                               "nested deeper than 64"),
+    "schema of an unknown type": ("/v1/chat/completions", {"chat": schema_format({"type": "frob"})},
+                                  'Unsupported type "frob"'),
+    "schema with bad properties": ("/v1/chat/completions",
+                                   {"chat": schema_format({"type": "object", "properties": 3})},
+                                   "properties must be an object"),
+    "schema with a bad pattern": ("/v1/chat/completions",
+                                  {"chat": schema_format({"type": "string", "pattern": "(((a"})},
+                                  None),
+    "seed of 2**80": ("/v1/chat/completions", {"chat": {"seed": 2**80}}, "seed"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", CLIENT_ERRORS)
+def test_client_errors_are_one_line_400s(server, case):
+    path, kwargs, expected = CLIENT_ERRORS[case]
+    kwargs = dict(kwargs)
+    headers = dict(AUTH)
+    if "content" in kwargs:
+        headers["content-type"] = "application/json"
+    if "chat" in kwargs:
+        kwargs["json"] = chat_body(server, **kwargs.pop("chat"))
+    if "data" in kwargs or "files" in kwargs:
+        kwargs["files"] = {"image": server["photo"].read_bytes(), **kwargs.get("files", {})}
+    r = httpx.post(server["url"] + path, headers=headers, timeout=30, **kwargs)
+    assert r.status_code == 400, r.text
+    message = one_line_error(r.json(), 400)
+    if expected:
+        assert expected in message
+
+
+@pytest.fixture(scope="module")
+def slow_server(tiny_models):
+    """A second server with short connection timeouts, for the slow-client attacks."""
+    proc, url = start_server(
+        tiny_models("llava-onevision"), "--api-key", KEY, "--header-timeout", "1",
+        "--body-timeout", "2", "--keep-alive-timeout", "1",
+    )  # fmt: skip
+    yield url
+    stop(proc)
+
+
+def trickle(url: str, start: bytes, every: float, limit: float) -> tuple[dict, float]:
+    """Send ``start``, then one byte every ``every`` seconds until the server answers or
+    closes (up to ``limit`` seconds); its answer and when it came."""
+    started = time.perf_counter()
+    with socket.create_connection(address(url), timeout=limit) as sock:
+        sock.sendall(start)
+        while time.perf_counter() - started < limit:
+            if select.select([sock], [], [], every)[0]:
+                return read_answer(sock), time.perf_counter() - started
+            try:
+                sock.sendall(b"a")
+            except (BrokenPipeError, ConnectionResetError):
+                break
+        return {"status": None, "closed": False}, time.perf_counter() - started
+
+
+def test_a_slow_head_is_cut_off(slow_server):
+    """Slowloris: a header line a byte every 0.3 s gets a 408 after --header-timeout (1 s)."""
+    answer, seconds = trickle(slow_server, b"GET /health HTTP/1.1\r\nX-Slow: ", 0.3, 10)
+    assert answer["status"] == 408, answer
+    assert "head not received within 1 s" in one_line_error(answer["json"], 408)
+    assert seconds < 4
+
+
+def test_a_slow_body_is_cut_off(slow_server):
+    """A body a byte every 0.3 s gets a 408 after --body-timeout (2 s)."""
+    head = head_of("/v1/assess", "Content-Length: 100000", "Content-Type: application/json",
+                   f"Authorization: Bearer {KEY}")  # fmt: skip
+    answer, seconds = trickle(slow_server, head.encode(), 0.3, 15)
+    assert answer["status"] == 408, answer
+    assert "body not received within 2 s" in one_line_error(answer["json"], 408)
+    assert seconds < 5
+
+
+def test_silent_and_idle_connections_are_closed(slow_server):
+    """A connection that never sends a byte, and one idle after an answer, are closed."""
+    with socket.create_connection(address(slow_server), timeout=10) as sock:
+        started = time.perf_counter()
+        assert sock.recv(100) == b""  # closed, no answer: nothing was asked
+        assert time.perf_counter() - started < 4
+    with socket.create_connection(address(slow_server), timeout=10) as sock:
+        sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert read_answer(sock)["status"] == 200
+        started = time.perf_counter()
+        assert sock.recv(100) == b""
+        assert time.perf_counter() - started < 4
 
 
 # -- attacks above -------------------------------------------------------------------------

@@ -112,17 +112,17 @@ def fetch(url: str, max_bytes: int, timeout: float = 10.0) -> bytes:
     address that was checked."""
     import httpx
 
-    for _ in range(MAX_REDIRECTS + 1):
-        target, headers, extensions = pinned(url)
-        try:
-            with httpx.stream("GET", target, headers=headers, extensions=extensions,
-                              timeout=timeout, follow_redirects=False) as r:  # fmt: skip
-                if r.is_redirect:
-                    url = urljoin(url, r.headers.get("location", ""))
-                    continue
-                return _read(r, max_bytes)
-        except (httpx.HTTPError, httpx.InvalidURL) as e:
-            raise ImageError(f"image URL: {e.__class__.__name__}") from None
+    with httpx.Client(timeout=timeout, follow_redirects=False) as client:
+        for _ in range(MAX_REDIRECTS + 1):
+            target, headers, extensions = pinned(url)
+            try:
+                with client.stream("GET", target, headers=headers, extensions=extensions) as r:
+                    if r.is_redirect:
+                        url = urljoin(url, r.headers.get("location", ""))
+                        continue
+                    return _read(r, max_bytes)
+            except (httpx.HTTPError, httpx.InvalidURL) as e:
+                raise ImageError(f"image URL: {e.__class__.__name__}") from None
     raise ImageError("image URL: too many redirects")
 
 

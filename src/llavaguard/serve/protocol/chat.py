@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 # A response_format schema is compiled into a grammar for the model: a bounded one, so a
 # request cannot make the compiler (or the JSON encoder) recurse or work without end.
-MAX_SCHEMA_DEPTH = 32  # nested objects and arrays; the policy's own schema has 4
+MAX_SCHEMA_DEPTH = 64  # nested JSON objects and arrays (a schema object takes 2 a level)
 MAX_SCHEMA_BYTES = 64 * 1024  # as JSON text
 SEED_RANGE = (-(2**63), 2**63 - 1)  # a signed 64-bit integer, what engines take (vLLM too)
 
