@@ -53,7 +53,8 @@ def first_error(errors: Sequence[Any]) -> str:
     out: clients name fields, not FastAPI's ``body``)."""
     err = errors[0]
     where = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
-    return f"{where}: {err.get('msg')}" if where else str(err.get("msg"))
+    message = str(err.get("msg")).removeprefix("Value error, ")  # a validator's own words
+    return f"{where}: {message}" if where else message
 
 
 def loads(raw: str | bytes, what: str = "the body") -> Any:
