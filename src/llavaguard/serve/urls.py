@@ -99,6 +99,8 @@ def pinned(url: str) -> tuple[str, dict[str, str], dict[str, str]]:
         raise ImageError(f"image URL: invalid ({e})") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ImageError("image URL: only http(s) and data: URLs")
+    if not parts.netloc.isascii():
+        raise ImageError("image URL: write a non-ASCII host name in its xn-- (IDNA) form")
     ip = resolve(parts.hostname, port)
     host = f"[{ip}]" if ip.version == 6 else str(ip)
     userinfo, at, original = parts.netloc.rpartition("@")
