@@ -5,8 +5,9 @@ module per endpoint group) -> thin ``routes`` -> one handler per endpoint (``han
 and check the input, build the answer) -> ``Runtime.submit`` with a typed job (``jobs``) ->
 the ``Batcher`` runs equal jobs as one batch on the Guard, one model in memory. ``app`` is the
 factory with the lifespan; ``errors`` the one error shape; ``edge`` checks key, body size and
-body time before a route runs; ``connections`` times out slow and idle connections. Importing this package loads none of
-that (nor FastAPI): ``create_app`` imports it when called.
+body time before a route runs; ``connections`` times out slow and idle connections.
+Importing this package loads none of that (nor FastAPI): ``create_app`` imports it when
+called.
 """
 
 from __future__ import annotations

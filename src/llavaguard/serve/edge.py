@@ -99,7 +99,8 @@ class Edge:
             if done:  # the body is in; later messages (a disconnect) are not the body's
                 return await receive()
             try:
-                message = await asyncio.wait_for(receive(), max(0.0, deadline - loop.time()))
+                async with asyncio.timeout_at(deadline):
+                    message = await receive()
             except TimeoutError:
                 raise HTTPException(
                     408, f"request body not received within {self.body_timeout:g} s"
