@@ -254,6 +254,10 @@ CLIENT_ERRORS = {
     "schema with a bad pattern": ("/v1/chat/completions",
                                   {"chat": schema_format({"type": "string", "pattern": "(((a"})},
                                   None),
+    "json_schema not an object": ("/v1/chat/completions",
+                                  {"chat": {"response_format": {"type": "json_schema",
+                                                                "json_schema": "s"}}},
+                                  "must be an object"),
     "seed of 2**80": ("/v1/chat/completions", {"chat": {"seed": 2**80}}, "seed"),
 }  # fmt: skip
 

@@ -138,7 +138,8 @@ def response_schema(response_format: dict[str, Any] | None) -> dict[str, Any] | 
         return None
     kind = response_format.get("type")
     if kind == "json_schema":
-        schema = (response_format.get("json_schema") or {}).get("schema")
+        spec = response_format.get("json_schema")
+        schema = spec.get("schema") if isinstance(spec, dict) else None
         if not isinstance(schema, dict):
             raise ApiError(400, "response_format.json_schema.schema must be an object")
         return schema

@@ -70,7 +70,8 @@ class ChatRequest(BaseModel):
         """A ``json_schema`` nested at most ``MAX_SCHEMA_DEPTH`` deep and at most
         ``MAX_SCHEMA_BYTES`` long (whether the grammar compiler takes it is the handler's
         check, off the event loop)."""
-        schema = ((value or {}).get("json_schema") or {}).get("schema")
+        spec = (value or {}).get("json_schema")
+        schema = spec.get("schema") if isinstance(spec, dict) else None
         if not isinstance(schema, dict | list):
             return value
         deep = f"the schema is nested deeper than {MAX_SCHEMA_DEPTH} levels"
