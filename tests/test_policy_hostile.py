@@ -163,9 +163,12 @@ YAML_BITS = ["[", "]", "{", "}", ":", ", ", "- ", "\n", "  ", "&a ", "*a", "<<: 
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.lists(st.sampled_from(YAML_BITS) | st.text(max_size=5), max_size=60))
-def test_loader_raises_only_policy_errors(tmp_path_factory, bits):
-    f = tmp_path_factory.mktemp("fuzz") / "p.yaml"
+@given(
+    st.lists(st.sampled_from(YAML_BITS) | st.text(max_size=5), max_size=60),
+    st.sampled_from(["p.yaml", "p.json"]),
+)
+def test_loader_raises_only_policy_errors(tmp_path_factory, bits, name):
+    f = tmp_path_factory.mktemp("fuzz") / name
     f.write_text("".join(bits), encoding="utf-8")
     try:
         Policy.load(f)
@@ -218,3 +221,26 @@ def test_unknown_code_error_stays_short():
     with pytest.raises(PolicyError, match=r"valid: C0, C1, .*C19, \.\.\. \(5000 in all\)") as e:
         policy.with_states(allow="Z9")
     assert len(str(e.value)) < 300
+
+
+@pytest.mark.parametrize(
+    ("doc", "match"),
+    [
+        (
+            '{"name": "x", "name": "y", "categories": []}',
+            r"p\.json: invalid JSON: duplicate key 'name'",
+        ),
+        ('{"name": "x", "n": ' + "9" * 5000 + "}", "number of 5000 characters"),
+        ('{"name": "x",\n "categories": [}', r"p\.json:2: invalid JSON: "),
+        ('{"name": "x", "extra": ' + "[" * 100 + "]" * 100 + "}", "nested deeper than 32"),
+    ],
+)
+def test_json_policy_files_get_the_same_refusals(tmp_path, doc, match):
+    refused(write(tmp_path, doc, "p.json"), match)
+
+
+def test_a_json_policy_file_loads_like_its_yaml_twin(tmp_path):
+    data = {"name": "j", "categories": [{"code": "A1", "name": "Apples", "should_not": ["a"]}],
+            "sensitive": ["A1"]}  # fmt: skip
+    from_json = Policy.load(write(tmp_path, json.dumps(data), "p.json"))
+    assert from_json.text == Policy.from_data(data).text and from_json.sensitive == ["A1"]
