@@ -120,7 +120,7 @@ def _bounded_json_int(text: str) -> int:
 
 
 def _load_json(text: str, path: Path) -> Any:
-    """JSON files through the C decoder (ten times PyYAML's speed on a large policy), with
+    """JSON files through the C decoder (20 times faster than PyYAML on a large policy), with
     the same refusals as YAML: repeated keys, oversized numbers, nesting past the decoder."""
     try:
         return json.loads(text, object_pairs_hook=_unique_pairs, parse_int=_bounded_json_int)

@@ -162,8 +162,10 @@ class Taxonomy(BaseModel):
     def _check_name(cls, v: str, info: ValidationInfo) -> str:
         """Both are printed in one-line messages; the none category is also quoted in the
         prompt and is what an answer names when nothing applies, so it cannot be blank."""
-        if not v.strip() or "\n" in v or (info.field_name == "none_category" and '"' in v):
+        if info.field_name == "none_category" and '"' in v:
             raise ValueError("must be one line of text, not blank, without double quotes")
+        if not v.strip() or "\n" in v:
+            raise ValueError("must be one line of text, not blank")
         return v
 
     @model_validator(mode="after")
