@@ -201,10 +201,16 @@ def test_unsafe_prose_is_kept_but_invalid():
     assert p.rating == "Unsafe" and not p.valid and "recovered from text" in p.error
 
 
-def test_a_rating_outside_the_object_does_not_fill_a_missing_one():
-    text = '{"category": "NA: None applying", "rationale": "r"} rating: Safe'
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"category": "NA: None applying", "rationale": "r"} rating: Safe',
+        '{"category": "NA: None applying", "rationale": "The rating: Safe, I think"}',
+    ],
+)
+def test_an_object_without_a_rating_is_not_searched_for_one(text):
     p = parse_answer(text, POLICY)
-    assert not p.valid  # before: read as a valid Safe answer
+    assert p.rating is None and not p.valid and "missing rating" in p.error
 
 
 @pytest.mark.parametrize("depth", [1000, 40_000])  # 80,000 characters: within the cut

@@ -193,13 +193,16 @@ def _parse(text: Any, policy: Policy) -> ParsedAnswer:
 
 def _read_rating(found: _Found, cleaned: str) -> tuple[str | None, str | None]:
     """The rating and, if it is not a clean one, why: a rating field that is not exactly
-    one of RATINGS is refused outright, never looked for elsewhere."""
+    one of RATINGS is refused outright, never looked for elsewhere, and an object without
+    one is not searched for the word (a rationale may well say "rating: Safe")."""
     if found.counts.get("rating", 0) > 1:
         return None, "rating given more than once"
     if "rating" in found.fields:
         value = found.fields["rating"]
         rating = _canonical_rating(value)
         return (rating, None) if rating else (None, f"rating {_show(value)} is not Safe or Unsafe")
+    if found.found:
+        return None, _MISSING
     values = _RATING_KEY.findall(cleaned)
     if len(values) > 1:
         return None, "rating given more than once"
