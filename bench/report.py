@@ -43,8 +43,31 @@ def speed_table(doc: dict) -> str:
     return "\n".join(lines)
 
 
+def policy_table(doc: dict) -> str:
+    m = doc["machine"]
+    lines = [
+        f"`{doc['command']}` ({doc['date']}, {m['cores']} cores, {m['cpu']} with "
+        f"{', '.join(m['cpu_flags']) or 'no listed flags'}; Python {m['python']})",
+        "",
+        "| categories | build (s) | declare states (s) | render (s) | id (s) | read an answer (s) "
+        "| prompt (chars) | load YAML (s) | load JSON (s) |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in doc["runs"]:
+        lines.append(
+            f"| {r['categories']:,} | {r['build_s']:.3f} | {r['with_states_s']:.3f} "
+            f"| {r['render_s']:.3f} | {r['id_s']:.3f} | {r['parse_answer_s']:.3f} "
+            f"| {r['prompt_chars']:,} | {r.get('yaml_load_s', float('nan')):.2f} "
+            f"| {r.get('json_load_s', float('nan')):.2f} |"
+        )
+    return "\n".join(lines)
+
+
 if __name__ == "__main__":
     for path in sorted(RESULTS.glob("speed-*.json")):
         print(f"### {path.name}\n")
         print(speed_table(json.loads(path.read_text())))
         print()
+    if (RESULTS / "policy.json").exists():
+        print("### policy.json\n")
+        print(policy_table(json.loads((RESULTS / "policy.json").read_text())))

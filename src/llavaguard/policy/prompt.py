@@ -143,18 +143,23 @@ class Policy(BaseModel):
         """The code of the category a label names ('O3: Sexual Content' -> 'O3'); None for
         the none category or a label this policy does not have."""
         code = label.split(":", 1)[0].strip()
-        return code if code in {c.code for c in self.taxonomy.categories} else None
+        found = self.taxonomy.by_code().get(code.lower())
+        return code if found is not None and found.code == code else None
 
     def state(self, code: str) -> State:
         return self.states.get(self.taxonomy.category(code).code, State.DEFAULT)
 
     @property
     def allowed(self) -> list[str]:
-        return [c.code for c in self.taxonomy.categories if self.state(c.code) is State.ALLOWED]
+        return [c.code for c in self.taxonomy.categories if self._state(c) is State.ALLOWED]
 
     @property
     def sensitive(self) -> list[str]:
-        return [c.code for c in self.taxonomy.categories if self.state(c.code) is State.SENSITIVE]
+        return [c.code for c in self.taxonomy.categories if self._state(c) is State.SENSITIVE]
+
+    def _state(self, category: Category) -> State:
+        """The state of one of this policy's own categories: no lookup by code needed."""
+        return self.states.get(category.code, State.DEFAULT)
 
     @property
     def categories(self) -> list[Category]:
@@ -166,7 +171,7 @@ class Policy(BaseModel):
         return [c.label for c in self.taxonomy.categories] + [self.taxonomy.none_category]
 
     def guidelines(self, category: Category) -> str:
-        state = self.state(category.code)
+        state = self._state(category)
         if state is State.ALLOWED:
             return category.allowed
         if state is State.SENSITIVE:

@@ -15,10 +15,18 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from llavaguard.errors import PolicyError
+from llavaguard.policy.loading import check_depth, load_policy_text
 
 DEFAULT_PREAMBLE = (
     "Provide a safety assessment for the content provided by the user. Determine compliance or "
@@ -118,7 +126,7 @@ class Category(BaseModel):
     @classmethod
     def _check_code(cls, v: str) -> str:
         if not _CODE.match(v):
-            raise ValueError(f"code {v!r} must be 1-16 letters, digits, '_', '.' or '-'")
+            raise ValueError(f"code {v[:40]!r} must be 1-16 letters, digits, '_', '.' or '-'")
         return v
 
     @field_validator("name")
@@ -149,6 +157,17 @@ class Taxonomy(BaseModel):
     none_category: str = DEFAULT_NONE_CATEGORY
     source: str = Field(default="", description="Where the taxonomy came from (file or builtin).")
 
+    @field_validator("name", "none_category")
+    @classmethod
+    def _check_name(cls, v: str, info: ValidationInfo) -> str:
+        """Both are printed in one-line messages; the none category is also quoted in the
+        prompt and is what an answer names when nothing applies, so it cannot be blank."""
+        if info.field_name == "none_category" and '"' in v:
+            raise ValueError("must be one line of text, not blank, without double quotes")
+        if not v.strip() or "\n" in v:
+            raise ValueError("must be one line of text, not blank")
+        return v
+
     @model_validator(mode="after")
     def _unique(self) -> Taxonomy:
         for attr in ("code", "label"):
@@ -158,16 +177,28 @@ class Taxonomy(BaseModel):
                 if key in seen:
                     raise ValueError(f"duplicate category {attr} {getattr(c, attr)!r}")
                 seen.add(key)
-        if self.none_category in {c.label for c in self.categories}:
+        if self.none_category.strip().lower() in {c.label.lower() for c in self.categories}:
             raise ValueError("none_category must differ from every category")
         return self
 
+    def by_code(self) -> dict[str, Category]:
+        """Categories by lower-cased code: built once per categories tuple, so that looking
+        up every category (rendering, states) stays linear. Kept outside the fields; a copy
+        with other categories (``model_copy``) builds its own."""
+        cached = self.__dict__.get("_by_code")
+        if cached is None or cached[0] is not self.categories:
+            cached = (self.categories, {c.code.lower(): c for c in self.categories})
+            self.__dict__["_by_code"] = cached
+        return cached[1]
+
     def category(self, code: str) -> Category:
         """Look up a category by code, case-insensitively; the error lists the valid codes."""
-        for c in self.categories:
-            if c.code.lower() == code.strip().lower():
-                return c
-        valid = ", ".join(c.code for c in self.categories)
+        found = self.by_code().get(code.strip().lower())
+        if found is not None:
+            return found
+        codes = [c.code for c in self.categories[:20]]
+        more = f", ... ({len(self.categories)} in all)" if len(self.categories) > 20 else ""
+        valid = ", ".join(codes) + more
         raise PolicyError(f"unknown category code {code!r} in policy {self.name} (valid: {valid})")
 
 
@@ -193,17 +224,7 @@ def load_taxonomy_file(path: str | Path) -> tuple[Taxonomy, dict[str, list[str]]
     so a use case can be kept in one file.
     """
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise PolicyError(f"{path}: cannot read policy file ({e.__class__.__name__}: {e})") from e
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
-        problem = getattr(e, "problem", None) or str(e)
-        raise PolicyError(f"{where}: invalid YAML: {problem}") from e
+    data = load_policy_text(path)
     data = dict(data) if isinstance(data, dict) else data
     if isinstance(data, dict):
         data.setdefault("name", path.stem)
@@ -214,6 +235,7 @@ def taxonomy_from_data(data: Any, where: str) -> tuple[Taxonomy, dict[str, list[
     """A policy given as data (a parsed YAML file, or a JSON object in a request): the
     taxonomy and the states it declares; errors start with ``where``."""
     path = where
+    check_depth(data, path)  # before anything below walks it
     if not isinstance(data, dict):
         raise PolicyError(f"{path}: a policy must be a mapping with 'name' and 'categories'")
     data = dict(data)
@@ -240,8 +262,13 @@ def _first_error(e: ValidationError, data: dict[str, Any]) -> str:
     where = ".".join(str(p) for p in loc)
     if len(loc) >= 2 and loc[0] == "categories" and isinstance(loc[1], int):
         cats = data.get("categories") or []
-        if loc[1] < len(cats) and isinstance(cats[loc[1]], dict) and cats[loc[1]].get("code"):
-            where = f"category {cats[loc[1]]['code']}" + "".join(f".{p}" for p in loc[2:])
+        code = (
+            cats[loc[1]].get("code")
+            if loc[1] < len(cats) and isinstance(cats[loc[1]], dict)
+            else None
+        )
+        if isinstance(code, str) and code:
+            where = f"category {code[:40]}" + "".join(f".{p}" for p in loc[2:])
         else:
             where = f"categories[{loc[1]}]" + "".join(f".{p}" for p in loc[2:])
     msg = err["msg"].removeprefix("Value error, ")
