@@ -8,6 +8,7 @@ those numbers into probabilities; it knows the answer layout, not the engine.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from dataclasses import dataclass
@@ -36,10 +37,12 @@ def continuations(policy: Policy) -> list[str]:
     """What follows the rating prefix: the two ratings, then rating + category for each pair.
 
     A closing quote is added to labels when one label is a prefix of another, so every
-    label is scored as a whole string.
+    label is scored as a whole string. Sorted, a label that prefixes another prefixes its
+    next neighbour, so checking neighbours is enough (linear, not quadratic, in labels).
     """
     labels = [json.dumps(label)[1:-1] for label in policy.labels]
-    closing = '"' if any(a != b and b.startswith(a) for a in labels for b in labels) else ""
+    ordered = sorted(set(labels))
+    closing = '"' if any(b.startswith(a) for a, b in itertools.pairwise(ordered)) else ""
     start = len(answer_prefix())
     out = list(RATINGS)
     for rating in RATINGS:
