@@ -154,7 +154,6 @@ def test_closing_quote_when_labels_prefix_each_other(tmp_path):
     assert all(not c.endswith('"') for c in continuations(Policy.load())[2:])
 
 
-
 def test_prefix_labels_are_found_among_many_categories():
     """The prefix check compares sorted neighbours, so it stays linear on 20,000 categories
     (it compared every pair: 100,000 categories took about 17 minutes) and still finds a
