@@ -10,22 +10,34 @@ Every writer has the same interface: ``done_ids()`` (what a rerun skips), ``writ
   predictions). A crash can leave half a line; the next run drops it (rewriting the file to a
   temporary name and renaming it), as it drops rows the caller wants redone.
 
+Before a run writes into a folder it claims it (``claim``): the folder is made and checked
+writable, so a folder that cannot be written is refused with one line before any work, and
+locked, so a second run into the same folder is refused instead of mixing its rows in. The lock
+is ``flock`` on ``<folder>/.lock``: the kernel releases it when the process ends however it
+ends, so a killed run never leaves a folder locked.
+
 ``LLAVAGUARD_TEST_CRASH`` makes a process kill itself with SIGKILL at a chosen point, for the
 tests: ``rows:N`` once N rows are durable, ``shard:N`` before the Nth shard's rename (its
-temporary file written and fsynced).
+temporary file written and fsynced), ``batch:N`` once the Nth batch was handed to the writer
+(durable or not: what a kill at that moment keeps is the writer's doing).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
+import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import IO, Any, Protocol
+
+from llavaguard.errors import ConfigError
 
 CRASH_ENV = "LLAVAGUARD_TEST_CRASH"
-_events = {"rows": 0, "shard": 0}
+LOCK = ".lock"
+_events = {"rows": 0, "shard": 0, "batch": 0}
 
 
 def crash_point(event: str, n: int = 1) -> None:
@@ -50,6 +62,68 @@ def atomic_write(path: Path, data: bytes, crash: str | None = None) -> None:
     if crash is not None:
         crash_point(crash)
     os.replace(tmp, path)
+
+
+def _why(e: OSError) -> str:
+    return (e.strerror or str(e)).lower()
+
+
+def check_writable(folder: Path) -> None:
+    """Make ``folder`` (and its parents) and prove a file can be written in it, or say in one
+    line why not: a run that finds out only when its first shard is due has done work in vain."""
+    folder = Path(folder)
+    for above in [folder, *folder.parents]:
+        if above.exists() or above.is_symlink():
+            if not above.is_dir():
+                where = "is a file" if above == folder else f"is under {above}, a file"
+                raise ConfigError(f"output folder {folder} {where}, not a folder")
+            break
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder, prefix=".probe-"):
+            pass
+    except OSError as e:
+        raise ConfigError(f"output folder {folder} cannot be written ({_why(e)})") from None
+
+
+class FolderLock:
+    """One run at a time in a folder: an exclusive ``flock`` on ``<folder>/.lock`` (a name
+    Parquet readers skip), held until ``release`` or until the process ends. The holder's pid
+    is written into the file for the refusal's message."""
+
+    def __init__(self, folder: Path) -> None:
+        self.path = Path(folder) / LOCK
+        self.file: IO[str] | None = None
+
+    def acquire(self) -> None:
+        try:
+            import fcntl
+        except ImportError:  # no flock (Windows): runs are not guarded against each other
+            return
+        f = open(self.path, "a+", encoding="utf-8")  # noqa: SIM115 (held while the run lasts)
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            f.seek(0)
+            holder = f.read().strip()
+            f.close()
+            by = f" (pid {holder})" if holder.isdigit() else ""
+            raise ConfigError(
+                f"{self.path.parent} is in use by another run{by}; wait for it to end or "
+                "use another output folder"
+            ) from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"{os.getpid()}\n")
+        f.flush()
+        self.file = f
+
+    def release(self) -> None:
+        if self.file is not None:
+            with contextlib.suppress(OSError):
+                self.file.truncate(0)
+            self.file.close()  # closing the file releases the flock
+            self.file = None
 
 
 class Writer(Protocol):
