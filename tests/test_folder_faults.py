@@ -80,8 +80,7 @@ def test_a_second_run_into_the_same_folder_is_refused(tmp_path, tiny):
         assert first.poll() is None, first.communicate()[1]
         time.sleep(0.2)
     second = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-    assert first.poll() is None, "the first run ended before the second started: make it longer"
-    assert second.returncode == 2, second.stderr
+    assert second.returncode == 2, second.stderr  # refused while the first holds the folder
     assert "is in use by another run" in one_line(second.stderr)
     _, stderr = first.communicate(timeout=600)
     assert first.returncode == 0, stderr
@@ -104,6 +103,38 @@ def test_two_writers_never_pick_the_same_shard_name(tmp_path, monkeypatch):
     monkeypatch.setattr(shards, "atomic_write", meanwhile)
     a.write_shard([{"id": "from a"}])
     assert a.done_ids() == {"from a", "from b"} and len(a.shards()) == 2
+
+
+HOLD = """
+import sys, time
+from pathlib import Path
+from llavaguard.pipeline import JsonlWriter
+writer = JsonlWriter({"out": Path(sys.argv[1])})
+print("holding", flush=True)
+time.sleep(120)
+"""
+
+
+def test_the_jsonl_writer_of_predictions_and_rationales_is_guarded_the_same_way(tmp_path):
+    from llavaguard.errors import ConfigError
+    from llavaguard.pipeline import JsonlWriter
+
+    out = tmp_path / "predictions.jsonl"
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(out)], stdout=subprocess.PIPE,
+                              text=True)  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "holding"
+        with pytest.raises(ConfigError, match=r"predictions\.jsonl is in use by another run"):
+            JsonlWriter({"out": out})
+    finally:
+        holder.kill()
+        holder.wait()
+    writer = JsonlWriter({"out": out})  # the killed holder left no lock behind
+    writer.write([{"id": "1"}])
+    assert writer.done_ids() == set() and JsonlWriter({"out": out}).done_ids() == {"1"}
+    (tmp_path / "a-file").write_text("not a folder")
+    with pytest.raises(ConfigError, match=r"a-file is a file, not a folder"):
+        JsonlWriter({"out": tmp_path / "a-file" / "predictions.jsonl"})
 
 
 # ---- a folder that cannot be written ---------------------------------------------------------
@@ -311,7 +342,8 @@ def test_kill_9_after_the_flush_interval_keeps_the_rows(tmp_path, tiny):
     while not ResultStore(out).shards() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.1)
     running = proc.poll() is None
-    os.kill(proc.pid, signal.SIGKILL)
+    if running:
+        os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     on_disk = len(ids(out))
     assert running and 0 < on_disk < len(images), (running, on_disk)

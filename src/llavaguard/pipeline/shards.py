@@ -15,7 +15,7 @@ A folder must survive whatever happens to it between runs, so nothing rests on o
 * a shard is closed after ``shard_size`` rows or once its first row has waited
   ``flush_seconds`` (a timer, however slow the next batch), so a kill loses little;
 * each shard names its writer (``<run>``, random), so two writers never pick the same name, and
-  a run holds the folder's lock (``writer.FolderLock``), so a second run is refused;
+  a run holds the folder's lock (``writer.RunLock``), so a second run is refused;
 * each shard carries its run's identity and params in its Parquet metadata (``RUN_KEY``): a
   missing or damaged manifest is rebuilt from them, and a run with another identity is refused
   even without the manifest;
@@ -40,7 +40,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from llavaguard.errors import ConfigError
-from llavaguard.pipeline.writer import FolderLock, atomic_write, check_writable, crash_point
+from llavaguard.pipeline.writer import RunLock, atomic_write, check_writable, crash_point
 
 MANIFEST = "_manifest.json"
 DAMAGED = "_damaged"
@@ -101,7 +101,7 @@ class ShardWriter:
         self.run: dict[str, Any] | None = None  # stamped into each shard
         self.token = uuid.uuid4().hex[:8]
         self.next: int | None = None
-        self.lock = FolderLock(self.root)
+        self.lock = RunLock.folder(self.root)
         self._done: set[str] | None = None
 
     # ---- manifest ------------------------------------------------------------------------
