@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from llavaguard.pipeline.step import Result, Step
-from llavaguard.pipeline.writer import Writer, crash_point
+from llavaguard.pipeline.writer import Writer
 
 Batches = Generator[tuple[list[Result], int], None, None]
 
@@ -84,7 +84,6 @@ class Executor:
             for results, n in batches:
                 stats.statuses.update(r.status for r in results)
                 self.writer.write([r.row for r in results])
-                crash_point("batch")
                 if self.on_batch is not None:
                     self.on_batch(n)
         except KeyboardInterrupt:

@@ -128,11 +128,7 @@ class ShardWriter:
         """The manifest, or what the shards say when it is missing or damaged (for readers:
         nothing is written); None when neither says anything."""
         doc, _ = self._read_manifest()
-        if doc is not None:
-            return doc
-        runs = [r for r in self.scan().runs.values() if r]
-        return {"identity": runs[0]["identity"], "params": runs[0]["params"], "runs": []} \
-            if runs else None  # fmt: skip
+        return doc if doc is not None else _shards_doc(self.scan())
 
     def open(self, identity: dict[str, Any], params: dict[str, Any], overwrite: bool) -> None:
         """Claim the folder for a run and start or resume it: a folder that cannot be written
@@ -169,8 +165,8 @@ class ShardWriter:
         if doc is None or rebuild:
             self._write_manifest(doc or {"identity": identity, "params": params, "runs": []})
         if rebuild:
-            self.say(f"{self.root}: the manifest was {why or 'missing'}; rebuilt it from the "
-                     "shards")  # fmt: skip
+            whence = " from the shards" if doc else ""
+            self.say(f"{self.root}: the manifest was {why or 'missing'}; rebuilt it{whence}")
         self._done = {i for path, ids in scan.ids.items() if path not in scan.damaged
                       for i in ids}  # fmt: skip
 
@@ -183,8 +179,7 @@ class ShardWriter:
                 "shards do not say what made them; use --overwrite to start over or another "
                 "output folder"
             )
-        return {"identity": runs[0]["identity"], "params": runs[0]["params"], "runs": []} \
-            if runs else None  # fmt: skip
+        return _shards_doc(scan)
 
     def _differs(self, theirs: dict[str, Any], ours: dict[str, Any]) -> list[str]:
         keys = self.identity_keys or sorted(set(theirs) | set(ours))
@@ -358,6 +353,13 @@ class ShardWriter:
         if not tables:
             return self.schema().empty_table() if self.schema else pa.table({})
         return pa.concat_tables(t.replace_schema_metadata(None) for t in tables)
+
+
+def _shards_doc(scan: Scan) -> dict[str, Any] | None:
+    """A manifest from what the (first) shard says about its run; no runs listed."""
+    runs = [r for r in scan.runs.values() if r]
+    return {"identity": runs[0]["identity"], "params": runs[0].get("params", {}), "runs": []} \
+        if runs else None  # fmt: skip
 
 
 def _size(path: Path) -> int:

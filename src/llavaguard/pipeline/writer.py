@@ -18,8 +18,7 @@ the process ends however it ends, so a killed run never leaves anything locked.
 
 ``LLAVAGUARD_TEST_CRASH`` makes a process kill itself with SIGKILL at a chosen point, for the
 tests: ``rows:N`` once N rows are durable, ``shard:N`` before the Nth shard's rename (its
-temporary file written and fsynced), ``batch:N`` once the Nth batch was handed to the writer
-(durable or not: what a kill at that moment keeps is the writer's doing).
+temporary file written and fsynced).
 """
 
 from __future__ import annotations
@@ -39,7 +38,7 @@ from llavaguard.errors import ConfigError
 
 CRASH_ENV = "LLAVAGUARD_TEST_CRASH"
 LOCK = ".lock"
-_events = {"rows": 0, "shard": 0, "batch": 0}
+_events = {"rows": 0, "shard": 0}
 
 
 def crash_point(event: str, n: int = 1) -> None:
