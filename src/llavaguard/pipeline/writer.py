@@ -200,7 +200,8 @@ class JsonlWriter:
         overwrite: bool = False,
     ) -> None:
         self.files = {k: Path(p) for k, p in files.items()}
-        self.route = route or (lambda row: next(iter(self.files)))
+        first = next(iter(self.files))
+        self.route = route or (lambda row: first)  # not self: no cycle keeps the locks held
         self.kept: dict[str, list[dict[str, Any]]] = {}
         self.locks = [RunLock.file(path) for path in self.files.values()]
         self._release = weakref.finalize(self, _release, self.locks)
