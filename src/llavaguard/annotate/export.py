@@ -38,8 +38,8 @@ def select(
     max_score: float | None = None,
 ) -> list[dict[str, Any]]:
     """Rows that pass: rating (error rows never pass), categories (codes or labels), score."""
-    if ResultStore(root).manifest() is None:
-        raise ConfigError(f"{root}: not an annotation results folder (no _manifest.json)")
+    if ResultStore(root).describe() is None:
+        raise ConfigError(f"{root}: not an annotation results folder (no manifest, no shards)")
     rows = ResultStore(root).rows().to_pylist()
     wanted = {c.strip().lower() for c in categories if c.strip()}
     out = []

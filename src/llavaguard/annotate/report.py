@@ -13,9 +13,9 @@ from llavaguard.errors import ConfigError
 
 def summarize(root: Path) -> dict[str, Any]:
     store = ResultStore(root)
-    manifest = store.manifest()
+    manifest = store.describe()  # without a usable manifest: what the shards say
     if manifest is None:
-        raise ConfigError(f"{root}: not an annotation results folder (no _manifest.json)")
+        raise ConfigError(f"{root}: not an annotation results folder (no manifest, no shards)")
     table = store.rows(["rating", "category", "valid", "error", "cached", "score"])
     ratings = table.column("rating").to_pylist()
     categories = table.column("category").to_pylist()

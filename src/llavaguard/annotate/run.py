@@ -2,9 +2,11 @@
 -> Parquet shards, as one pipeline step (``AnnotateStep``) on the local or the Ray executor.
 Resumable: rerunning skips the ids already in the shards.
 
-Rows reach a shard only after their batch is answered; a crash loses at most the rows not yet
-in a shard, and the rerun redoes exactly those (their answers usually come back from the
-cache). Ctrl-C writes what is buffered before stopping.
+Rows reach a shard only after their batch is answered, and a shard is closed every
+``shard_size`` rows or ``flush_seconds``; a crash loses at most the rows not yet in a shard, and
+the rerun redoes exactly those (their answers usually come back from the cache). Ctrl-C writes
+what is buffered before stopping. One run at a time holds a results folder (a second is
+refused); damaged shards are set aside and their inputs redone (``pipeline.shards``).
 """
 
 from __future__ import annotations
@@ -41,6 +43,9 @@ class AnnotateConfig(BaseModel):
     guard: GuardSpec = Field(default_factory=GuardSpec, description="The safeguard to run.")
     batch_size: int = Field(8, ge=1, description="Images per engine batch.")
     shard_size: int = Field(1000, ge=1, description="Rows per Parquet shard.")
+    flush_seconds: float = Field(
+        60.0, gt=0, description="Close a shard once its first row has waited this long."
+    )
     workers: int = Field(2, ge=1, description="Threads reading and decoding ahead.")
     dedup: bool = Field(True, description="Judge identical image bytes once.")
     overwrite: bool = Field(False, description="Start over in an existing results folder.")
@@ -229,8 +234,23 @@ def annotate(
     if guard is not None and cfg.backend == "ray":
         raise ConfigError("a built guard runs on the local backend; Ray actors build cfg.guard")
     policy = cfg.guard.load_policy()
-    store = ResultStore(cfg.output, shard_size=cfg.shard_size)
+    store = ResultStore(cfg.output, shard_size=cfg.shard_size, flush_seconds=cfg.flush_seconds)
     store.open(identity(cfg, policy.id), _params(cfg, policy), cfg.overwrite)
+    try:
+        return _run(cfg, store, policy.id, guard, on_start, on_batch)
+    finally:
+        store.close()
+
+
+def _run(
+    cfg: AnnotateConfig,
+    store: ResultStore,
+    policy_id: str,
+    guard: Any,
+    on_start: Callable[[int | None], None] | None,
+    on_batch: Callable[[int], None] | None,
+) -> Summary:
+    """The run in a folder ``annotate`` has claimed."""
     done = store.done_ids()
     options = {"path_column": cfg.path_column, "id_column": cfg.id_column,
                "image_column": cfg.image_column}  # fmt: skip
@@ -238,7 +258,7 @@ def annotate(
         on_start(_total(cfg, done, options))
     # the dedup cache is the driver's SQLite file: Ray actors elsewhere cannot share it
     cache = cfg.output / CACHE if cfg.dedup and cfg.backend == "local" else None
-    step = AnnotateStep(cfg, policy.id, guard=guard, cache=cache)
+    step = AnnotateStep(cfg, policy_id, guard=guard, cache=cache)
     backend = ({"actors": cfg.ray_actors, "address": cfg.ray_address} if cfg.backend == "ray"
                else {"workers": cfg.workers})  # fmt: skip
     run = executor(cfg.backend, step, store, batch_size=cfg.batch_size, limit=cfg.limit,

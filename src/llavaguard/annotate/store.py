@@ -2,16 +2,18 @@
 
     results/
       _manifest.json        what produced the rows (model, engine, policy id, mode, ...) and runs
-      part-000000.parquet   one row per input; shards are written to a hidden temporary name,
-      part-000001.parquet   then renamed, so a shard is either whole or absent
+      part-000000-<run>.parquet   one row per input; shards are written to a hidden temporary
+      part-000001-<run>.parquet   name, then renamed, so a shard is either whole or absent
       _cache.sqlite         image sha256 + policy + model -> assessment (dedup across inputs)
+      _damaged/             shards a run could not use, set aside (their inputs were redone)
 
 Names starting with "_" or "." are what Parquet readers skip, so ``pq.read_table(results)``
 reads the rows and nothing else.
 
 Resume rules (``pipeline.shards``): the ids in the shards are done; a rerun skips them. A
 different model, engine, mode or policy in the same folder is refused unless the caller starts
-over.
+over. What survives which fault (a kill, a second run, a damaged shard or manifest) is
+``pipeline.shards``'s doing; docs/annotate.md has the table.
 """
 
 from __future__ import annotations
@@ -51,8 +53,8 @@ class ResultStore(ShardWriter):
 
     identity_keys = IDENTITY
 
-    def __init__(self, root: Path, shard_size: int = 1000) -> None:
-        super().__init__(root, schema=schema, shard_size=shard_size)
+    def __init__(self, root: Path, shard_size: int = 1000, flush_seconds: float = 60.0) -> None:
+        super().__init__(root, schema=schema, shard_size=shard_size, flush_seconds=flush_seconds)
 
     def clear(self) -> None:
         super().clear()

@@ -34,6 +34,9 @@ def run(
     spec: GuardSpec = ...,
     batch_size: int = batch_size_option(),
     shard_size: int = typer.Option(1000, "--shard-size", min=1, help="Rows per Parquet shard."),
+    flush_seconds: float = typer.Option(
+        60.0, "--flush-seconds", help="Close a shard after this long, however few its rows."
+    ),
     workers: int = typer.Option(2, "--workers", min=1, help="Threads reading ahead."),
     dedup: bool = typer.Option(True, "--dedup/--no-dedup", help="Judge identical bytes once."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Start the folder over."),
@@ -46,14 +49,16 @@ def run(
     """Annotate a dataset into Parquet shards; rerun the same command to resume.
 
     Exit status: 0 when every input got an answer, 1 when some failed (their rows say why),
-    2 for set-up errors, 130 when interrupted (the folder stays resumable).
+    2 for set-up errors (a folder that cannot be written, or that another run is writing),
+    130 when interrupted (the folder stays resumable).
     """
     from llavaguard.annotate import AnnotateConfig, annotate
 
     cfg = AnnotateConfig(
         inputs=inputs, output=output, source=source, path_column=path_column,
         id_column=id_column, image_column=image_column, guard=spec,
-        batch_size=batch_size, shard_size=shard_size, workers=workers,
+        batch_size=batch_size, shard_size=shard_size, flush_seconds=flush_seconds,
+        workers=workers,
         dedup=dedup, overwrite=overwrite, limit=limit, backend=backend,
         ray_address=ray_address, ray_actors=ray_actors,
     )  # fmt: skip

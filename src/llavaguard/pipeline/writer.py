@@ -10,6 +10,12 @@ Every writer has the same interface: ``done_ids()`` (what a rerun skips), ``writ
   predictions). A crash can leave half a line; the next run drops it (rewriting the file to a
   temporary name and renaming it), as it drops rows the caller wants redone.
 
+Before a writer writes anything, its folder is made and checked writable
+(``check_writable``), so a folder that cannot be written is refused with one line before any
+work, and locked (``RunLock``), so a second run into the same folder or file is refused instead
+of mixing its rows in. The lock is ``flock`` on a hidden lock file: the kernel releases it when
+the process ends however it ends, so a killed run never leaves anything locked.
+
 ``LLAVAGUARD_TEST_CRASH`` makes a process kill itself with SIGKILL at a chosen point, for the
 tests: ``rows:N`` once N rows are durable, ``shard:N`` before the Nth shard's rename (its
 temporary file written and fsynced).
@@ -17,14 +23,21 @@ temporary file written and fsynced).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
+import tempfile
+import threading
+import weakref
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import IO, Any, Protocol
+
+from llavaguard.errors import ConfigError
 
 CRASH_ENV = "LLAVAGUARD_TEST_CRASH"
+LOCK = ".lock"
 _events = {"rows": 0, "shard": 0}
 
 
@@ -52,6 +65,99 @@ def atomic_write(path: Path, data: bytes, crash: str | None = None) -> None:
     os.replace(tmp, path)
 
 
+def _why(e: OSError) -> str:
+    return (e.strerror or str(e)).lower()
+
+
+def check_writable(folder: Path) -> None:
+    """Make ``folder`` (and its parents) and prove a file can be written in it, or say in one
+    line why not: a run that finds out only when its first shard is due has done work in vain."""
+    folder = Path(folder)
+    for above in [folder, *folder.parents]:
+        if above.exists() or above.is_symlink():
+            if not above.is_dir():
+                where = "is a file" if above == folder else f"is under {above}, a file"
+                raise ConfigError(f"output folder {folder} {where}, not a folder")
+            break
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder, prefix=".probe-"):
+            pass
+    except OSError as e:
+        raise ConfigError(f"output folder {folder} cannot be written ({_why(e)})") from None
+
+
+_held: dict[str, list[Any]] = {}  # lock file -> [its open file, holders]: one flock a process
+_held_mutex = threading.Lock()
+
+
+class RunLock:
+    """One run at a time writes a folder or file: an exclusive ``flock`` on a lock file (a
+    hidden name: Parquet readers skip it), held until ``release`` or until the process ends.
+    Another process is refused; this process may hold it more than once (one flock, counted).
+    The holder's pid is written into the file for the refusal's message."""
+
+    def __init__(self, lock: Path, subject: Path) -> None:
+        self.path, self.subject = Path(lock), Path(subject)
+        self.key: str | None = None
+
+    @classmethod
+    def folder(cls, folder: Path) -> RunLock:
+        return cls(Path(folder) / LOCK, folder)
+
+    @classmethod
+    def file(cls, path: Path) -> RunLock:
+        path = Path(path)
+        return cls(path.with_name(f".{path.name}{LOCK}"), path)
+
+    def acquire(self) -> None:
+        key = os.path.realpath(self.path)
+        with _held_mutex:
+            if key not in _held:
+                f = self._flock()
+                if f is None:  # no flock (Windows): runs are not guarded against each other
+                    return
+                _held[key] = [f, 0]
+            _held[key][1] += 1
+            self.key = key
+
+    def _flock(self) -> IO[str] | None:
+        try:
+            import fcntl
+        except ImportError:
+            return None
+        f = open(self.path, "a+", encoding="utf-8")  # noqa: SIM115 (held while the run lasts)
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            f.seek(0)
+            holder = f.read().strip()
+            f.close()
+            by = f" (pid {holder})" if holder.isdigit() else ""
+            raise ConfigError(
+                f"{self.subject} is in use by another run{by}; wait for it to end or use "
+                "another output"
+            ) from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"{os.getpid()}\n")
+        f.flush()
+        return f
+
+    def release(self) -> None:
+        with _held_mutex:
+            if self.key is None or self.key not in _held:
+                return
+            entry = _held[self.key]
+            entry[1] -= 1
+            if entry[1] == 0:
+                del _held[self.key]
+                with contextlib.suppress(OSError):
+                    entry[0].truncate(0)
+                entry[0].close()  # closing the file releases the flock
+            self.key = None
+
+
 class Writer(Protocol):
     def done_ids(self) -> set[str]: ...
     def write(self, rows: Sequence[dict[str, Any]]) -> None: ...
@@ -76,7 +182,8 @@ def read_jsonl(path: Path) -> tuple[list[dict[str, Any]], bool]:
 
 
 class JsonlWriter:
-    """Rows appended to ``files`` (name -> path), the file chosen by ``route(row)``.
+    """Rows appended to ``files`` (name -> path), the file chosen by ``route(row)``. The files
+    are checked writable and locked (``RunLock.file``) for as long as the writer lives.
 
     On opening, each file's rows go through ``check`` (which raises to refuse a file made with
     other settings) and ``keep`` (False: redo that row); cut lines and rows not kept leave the
@@ -93,14 +200,23 @@ class JsonlWriter:
         overwrite: bool = False,
     ) -> None:
         self.files = {k: Path(p) for k, p in files.items()}
-        self.route = route or (lambda row: next(iter(self.files)))
+        first = next(iter(self.files))
+        self.route = route or (lambda row: first)  # not self: no cycle keeps the locks held
         self.kept: dict[str, list[dict[str, Any]]] = {}
-        for name, path in self.files.items():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            if overwrite:
-                path.unlink(missing_ok=True)
-            self.kept[name] = self._resume(path, keep, check)
+        self.locks = [RunLock.file(path) for path in self.files.values()]
+        self._release = weakref.finalize(self, _release, self.locks)
         self._open: dict[str, Any] = {}
+        try:
+            for path, lock in zip(self.files.values(), self.locks, strict=True):
+                check_writable(path.parent)
+                lock.acquire()
+            for name, path in self.files.items():
+                if overwrite:
+                    path.unlink(missing_ok=True)
+                self.kept[name] = self._resume(path, keep, check)
+        except BaseException:
+            self._release()
+            raise
 
     @staticmethod
     def _resume(path: Path, keep: Callable, check: Callable | None) -> list[dict[str, Any]]:
@@ -138,3 +254,13 @@ class JsonlWriter:
         for f in self._open.values():
             f.close()
         self._open = {}
+
+    def close(self) -> None:
+        """Flush and let the files go (also done when the writer is garbage-collected)."""
+        self.flush()
+        self._release()
+
+
+def _release(locks: list[RunLock]) -> None:
+    for lock in locks:
+        lock.release()
