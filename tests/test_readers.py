@@ -375,3 +375,12 @@ def test_iter_rows_reads_every_format_the_same(tmp_path):
     write_jsonl(tmp_path / "t.jsonl", rows, prefix=BOM)
     for name in ("t.parquet", "t.csv", "t.jsonl"):
         assert list(iter_rows(tmp_path / name)) == rows, name
+
+
+def test_an_empty_test_split_is_no_samples_for_training_but_an_error_to_evaluate(tmp_path):
+    from llavaguard.errors import ConfigError
+
+    (tmp_path / "test.labels.jsonl").write_text("")
+    assert read_labels(tmp_path / "test.labels.jsonl", empty_ok=True) == []
+    with pytest.raises(ConfigError, match="no labelled samples"):
+        read_labels(tmp_path / "test.labels.jsonl")

@@ -119,6 +119,7 @@ def read_labels(
     policy: Policy | str | Path | None = None,
     *,
     require_images: bool = False,
+    empty_ok: bool = False,
 ) -> list[LabelledSample]:
     """A labelled set from JSONL/CSV/Parquet rows or LLaVA conversation JSON.
 
@@ -128,13 +129,17 @@ def read_labels(
     an inline policy object; default ``policy``), ``allow``/``sensitive`` (codes), optional
     ``augmentation`` (else read from the id's suffix) and ``variant``. Errors name the row.
     ``require_images``: a row without an image is an error (training and rationales need the
-    pixels; an evaluation against given predictions does not).
+    pixels; an evaluation against given predictions does not). ``empty_ok``: an empty file
+    is no samples, not an error (a build's test split of size 0); elsewhere an empty labelled
+    set would give an empty report that passes for a result.
     """
     path = Path(path)
     default = Policy.load(policy)
     rows = numbered_rows(path)
     first = next(rows, None)
     if first is None:
+        if empty_ok:
+            return []
         raise ConfigError(f"{path}: no labelled samples (the file is empty or only a header)")
     if "conversations" in first[1]:
         return _from_llava([first[1], *(row for _, row in rows)], path, default)
