@@ -193,7 +193,7 @@ def test_the_per_bootstrap_draws_the_exception_counts():
     assert abs(ci[0] - rows[0]) < 0.05 and abs(ci[1] - rows[1]) < 0.05
     wrong = M.per_bootstrap(exceptions, predicted, "wrong", resamples=500, seed=1)
     assert wrong[0] <= 45 / 60 <= wrong[1]
-    assert M.per_bootstrap([None, None], [S, U], "excluded") is None  # no exception sample: undefined
+    assert M.per_bootstrap([None, None], [S, U], "excluded") is None  # no exception: undefined
 
 
 def test_metrics_take_numpy_columns_and_lists_alike():
