@@ -198,10 +198,11 @@ def test_import_maps_the_annotation_label_space(tmp_path):
                   formats=NO_HF)  # fmt: skip
     with (tmp_path / "ann.csv").open("a", newline="") as f:
         csv.writer(f).writerow(["img/a.jpg", "Generally Acceptable", "Cooking"])
-    with pytest.raises(ConfigError, match=r"ann\.csv:7: unknown category label 'Cooking'"):
+    # errors name the line an editor goes to: the header is line 1, the 7th row line 8
+    with pytest.raises(ConfigError, match=r"ann\.csv:8: unknown category label 'Cooking'"):
         import_labels(str(tmp_path / "ann.csv"), str(tmp_path / "x.jsonl"))
     (tmp_path / "bad.csv").write_text("image,score,category\nimg/zz.jpg,Nature,Nature\n")
-    with pytest.raises(ConfigError, match=r"bad\.csv:1: image not found: img/zz\.jpg"):
+    with pytest.raises(ConfigError, match=r"bad\.csv:2: image not found: img/zz\.jpg"):
         import_labels(str(tmp_path / "bad.csv"), str(tmp_path / "x.jsonl"))
     mapping = tmp_path / "map.yaml"
     mapping.write_text("scores: {fine: Safe, bad: Unsafe}\ncategories: {knives: O6, '': NA}\n")

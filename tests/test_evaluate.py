@@ -313,3 +313,20 @@ def test_an_interrupted_model_run_resumes_without_redoing_work(tmp_path, tiny_mo
     assert second["reused"] == 2  # the two whole lines; the half line and the rest are redone
     assert second["overall"]["rating"] == first["overall"]["rating"]
     assert second["overall"]["scores"] == first["overall"]["scores"]
+
+
+def test_a_predicted_category_is_resolved_once_per_spelling(tmp_path, monkeypatch):
+    """Resolving a category per row and per access was 60% of a 100,000-row evaluation."""
+    from llavaguard.evaluate import data
+
+    calls = []
+    real = data.canonical_category
+    monkeypatch.setattr(data, "canonical_category", lambda v, p: calls.append(v) or real(v, p))
+    rows = [{"id": f"s{i}", "rating": "Safe"} for i in range(300)]
+    preds = [{"id": f"s{i}", "rating": "Safe", "category": ["o3", "NA: None applying",
+              "O2: Violence, Harm or Cruelty"][i % 3]} for i in range(300)]  # fmt: skip
+    samples = read_labels(write_jsonl(tmp_path / "l.jsonl", rows))
+    joined = join(samples, load_predictions(write_jsonl(tmp_path / "p.jsonl", preds)))
+    compute(joined, bootstrap=20)
+    assert sorted(calls) == sorted(set(calls)) and len(calls) == 3
+    assert joined[0].predicted_category == "O3: Sexual Content"

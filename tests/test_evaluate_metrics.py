@@ -150,3 +150,58 @@ def test_bootstrap_intervals_are_seeded_and_cover_the_estimate():
     assert rows is not None
     assert abs(rows[0] - a["recall"][0]) < 0.05 and abs(rows[1] - a["recall"][1]) < 0.05
     assert M.bootstrap_ci(0, lambda idx: 1.0) is None
+
+
+def test_the_vectorised_roc_auc_bootstrap_is_the_resampled_curves():
+    """Same draws as resampling rows and drawing a curve each time, ties and unscored rows
+    included: the weighted sum over distinct scores is the same AUC, only without the sorts."""
+    import numpy as np
+
+    rng = np.random.default_rng(5)
+    expected = [U if u else S for u in rng.random(300) < 0.4]
+    scores = [None if r < 0.1 else round(float(r), 1) for r in rng.random(300)]  # many ties
+    fast = M.roc_auc_bootstrap(expected, scores, resamples=60, seed=2)
+    slow = M.bootstrap_ci(
+        300,
+        lambda idx: M.score_metrics([expected[i] for i in idx], [scores[i] for i in idx])[
+            "roc_auc"
+        ],
+        resamples=60,
+        seed=2,
+    )
+    assert fast is not None and slow is not None
+    assert fast == approx(slow, abs=1e-12)
+    assert M.roc_auc_bootstrap([S, S], [0.1, 0.2], resamples=50) is None  # one class only
+
+
+def test_the_per_bootstrap_draws_the_exception_counts():
+    exceptions = ["allowed"] * 40 + ["sensitive"] * 20 + [None] * 40
+    predicted = [S] * 30 + [U] * 8 + [None] * 2 + [U] * 15 + [S] * 5 + [U] * 40
+    point = M.policy_exception_rate(exceptions, predicted)["per"]
+    assert point == approx(45 / 58)
+    ci = M.per_bootstrap(exceptions, predicted, "excluded", resamples=500, seed=1)
+    assert ci == M.per_bootstrap(exceptions, predicted, "excluded", resamples=500, seed=1)
+    rows = M.bootstrap_ci(
+        100,
+        lambda idx: M.policy_exception_rate(
+            [exceptions[i] for i in idx], [predicted[i] for i in idx]
+        )["per"],
+        resamples=500,
+        seed=1,
+    )
+    assert ci[0] <= point <= ci[1]
+    assert abs(ci[0] - rows[0]) < 0.05 and abs(ci[1] - rows[1]) < 0.05
+    wrong = M.per_bootstrap(exceptions, predicted, "wrong", resamples=500, seed=1)
+    assert wrong[0] <= 45 / 60 <= wrong[1]
+    assert M.per_bootstrap([None, None], [S, U], "excluded") is None  # no exception: undefined
+
+
+def test_metrics_take_numpy_columns_and_lists_alike():
+    import numpy as np
+
+    expected, predicted = [U, U, S, S, U], [U, None, U, S, S]
+    cols = np.array(expected, dtype=object), np.array(predicted, dtype=object)
+    for how in M.INVALID_AS:
+        assert M.rating_metrics(*cols, how) == M.rating_metrics(expected, predicted, how)
+    with pytest.raises(ValueError, match="5 expected values for 4"):
+        M.counts(expected, predicted[:4])

@@ -72,6 +72,8 @@ def run(
         report = evaluate(cfg, on_start=on_start, on_batch=on_batch)
     finally:
         progress.stop()
+    for note in report["warnings"]:  # said even with --quiet: they change what was scored
+        err_console.print(f"warning: {note}", highlight=False, soft_wrap=True)
     if not quiet:
         o = report["overall"]
         h = headline(o)

@@ -69,6 +69,23 @@ def load_mapping(path: str | None) -> tuple[dict[str, str], dict[str, str]]:
     return scores, categories
 
 
+def _rating(value: Any, scores: dict[str, str], where: str) -> str:
+    """A score word of the mapping (annotation scores, or discard), else the one rating
+    vocabulary that labels and predictions share (``inputs.labels.parse_rating``)."""
+    from llavaguard.inputs.labels import RATING_VOCABULARY, parse_rating
+
+    word = scores.get(_norm(value)) if isinstance(value, str) else None
+    if word is not None:
+        return word
+    try:
+        return parse_rating(value)
+    except ValueError:
+        raise ConfigError(
+            f"{where}: unknown score {value!r} (a score word of the mapping, or a rating: "
+            f"{RATING_VOCABULARY})"
+        ) from None
+
+
 def import_labels(
     path: str,
     output: str,
@@ -80,8 +97,8 @@ def import_labels(
     a labelled-images JSONL (``inputs.labels``, with the source score and label beside each
     row) that ``dataset build`` reads; returns the counts. Categories are resolved against
     ``policy`` (default: the built-in one), which the rows name."""
-    from llavaguard.inputs.labels import LabelledSample, write_labels
-    from llavaguard.inputs.tables import iter_rows, row_where
+    from llavaguard.inputs.labels import LabelledSample, sample_id_of, write_labels
+    from llavaguard.inputs.tables import first_given, numbered_rows, row_where
     from llavaguard.policy import Policy, canonical_category
 
     scores, categories = load_mapping(mapping)
@@ -90,18 +107,15 @@ def import_labels(
     kept: list[LabelledSample] = []
     sources: list[dict[str, Any]] = []
     dropped: Counter[str] = Counter()
-    for i, row in enumerate(iter_rows(path), 1):
+    for i, row in numbered_rows(path):
         where = row_where(path, i)
-        image = str(row.get("image") or "")
+        image = str(first_given(row, "image") or "")
         if not image:
             raise ConfigError(f"{where}: no image")
         full = image if os.path.isabs(image) else str((base / image).resolve())
         if check_images and not os.path.isfile(full):
             raise ConfigError(f"{where}: image not found: {image}")
-        word = _norm(row.get("score", row.get("rating")))
-        rating = scores.get(word) or {"safe": "Safe", "unsafe": "Unsafe"}.get(word)
-        if rating is None:
-            raise ConfigError(f"{where}: unknown score {row.get('score', row.get('rating'))!r}")
+        rating = _rating(first_given(row, "score", "rating"), scores, where)
         if rating == "discard":
             dropped["discard"] += 1
             continue
@@ -117,7 +131,7 @@ def import_labels(
         if rating == "Unsafe" and code == "NA":
             dropped["unsafe without a category"] += 1
             continue
-        kept.append(LabelledSample(id=str(row.get("id") or image), image=full, rating=rating,
+        kept.append(LabelledSample(id=sample_id_of(row) or image, image=full, rating=rating,
                                    category=category, policy=active,
                                    rationale=str(row.get("rationale") or "")))  # fmt: skip
         sources.append({"source_score": row.get("score"), "source_label": label})

@@ -371,13 +371,14 @@ def generate_rationales(
     ``engine`` may be a function that loads one: it is called only when there is work (a rerun
     with nothing left does not load a large teacher), and the engine it gives is closed here.
     """
+    from llavaguard.inputs.labels import sample_id_of
     from llavaguard.inputs.tables import iter_rows
 
     cfg = config or RationaleConfig()
     active = Policy.load(policy)
     # the labels mean what they mean under the policy given, whose codes may be its own
     images = read_labels(labels, active, require_images=True)
-    raw = {str(r.get("id") or r.get("image")): r for r in iter_rows(labels)}
+    raw = {sample_id_of(r): r for r in iter_rows(labels)}  # keyed as read_labels ids them
     out = Path(output)
     prompt = {"prompt_id": PROMPT_ID, "policy_id": active.id}
     writer = open_writer(out, prompt, cfg)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -93,6 +93,7 @@ def _intro(report: dict[str, Any]) -> list[str]:
         f"{o['invalid']} without a rating (missing or unreadable), {o['incomplete']} incomplete "
         f"answers, {o['policy_mismatch']} judged under a different policy than labelled.",
         "",
+        *(f"**Warning:** {note}\n" for note in report.get("warnings", [])),
     ]
 
 
@@ -180,12 +181,19 @@ def _generalisation(report: dict[str, Any]) -> list[str]:
     return lines
 
 
-def sample_rows(rows: Sequence[Joined]) -> list[dict[str, Any]]:
-    return [
+def sample_rows(rows: Sequence[Joined]) -> Iterator[dict[str, Any]]:
+    described: dict[int, str] = {}  # per policy, not per row: samples share a few policies
+
+    def describe(policy: Any) -> str:
+        if id(policy) not in described:
+            described[id(policy)] = policy.describe()
+        return described[id(policy)]
+
+    return (
         {
             "id": r.sample.id,
             "image": r.sample.image,
-            "policy": r.sample.policy.describe(),
+            "policy": describe(r.sample.policy),
             "policy_id": r.sample.policy.id,
             "augmentation": r.sample.augmentation,
             "variant": r.sample.variant,
@@ -200,12 +208,21 @@ def sample_rows(rows: Sequence[Joined]) -> list[dict[str, Any]]:
             "error": (r.prediction.error if r.prediction else "no prediction for this sample"),
         }
         for r in rows
-    ]
+    )
 
 
 def _write(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _write_lines(path: Path, rows: Iterable[dict[str, Any]]) -> None:
+    """JSONL written a row at a time (not one string of all of them), then renamed."""
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w", encoding="utf-8") as f:
+        for r in rows:
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
     os.replace(tmp, path)
 
 
@@ -222,8 +239,5 @@ def write_reports(
     report["plots"] = rel
     _write(out / "report.json", json.dumps(report, indent=2) + "\n")
     _write(out / "report.md", markdown(report, rel))
-    _write(
-        out / "samples.jsonl",
-        "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in sample_rows(rows)),
-    )
+    _write_lines(out / "samples.jsonl", sample_rows(rows))
     return [out / "report.json", out / "report.md", out / "samples.jsonl", *written]

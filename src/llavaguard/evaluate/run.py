@@ -12,8 +12,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from llavaguard.errors import ConfigError
 from llavaguard.evaluate import metrics as M
 from llavaguard.evaluate.data import Joined, Prediction, join, load_predictions
 from llavaguard.guard.spec import GuardSpec
@@ -45,8 +47,6 @@ class EvalConfig(BaseModel):
 
     @model_validator(mode="after")
     def _one_source(self) -> EvalConfig:
-        from llavaguard.errors import ConfigError
-
         if (self.predictions is None) == (self.guard is None):
             raise ConfigError("give either a predictions file or a model, not both or neither")
         if self.variants and self.guard is None:
@@ -60,61 +60,79 @@ class EvalConfig(BaseModel):
 # ---- metrics over joined rows --------------------------------------------------------------
 
 
-def slice_metrics(rows: Sequence[Joined], bins: int = 10) -> dict[str, Any]:
-    expected = [r.sample.rating for r in rows]
-    predicted = [r.predicted_rating for r in rows]
-    exceptions = [r.sample.exception for r in rows]
-    exp_cat = [r.sample.category for r in rows]
-    pred_cat = [r.predicted_category for r in rows]
+class Columns:
+    """The joined rows as numpy arrays, read off the rows once: every slice is an index into
+    them and every metric counts with numpy (a Python pass per slice and per resample took
+    minutes on 100,000 rows)."""
+
+    def __init__(self, rows: Sequence[Joined]) -> None:
+        exception: dict[tuple[int, str], str | None] = {}  # per (policy, category), not per row
+
+        def exc(s: LabelledSample) -> str | None:
+            key = (id(s.policy), s.category + "\0" + (s.augmentation or ""))
+            if key not in exception:
+                exception[key] = s.exception
+            return exception[key]
+
+        def col(values: Any, dtype: Any = object) -> np.ndarray:
+            return np.array(list(values), dtype=dtype)
+
+        self.expected = col(r.sample.rating for r in rows)
+        self.predicted = col(r.predicted_rating for r in rows)
+        self.exception = col(exc(r.sample) for r in rows)
+        self.category = col(r.sample.category for r in rows)
+        self.predicted_category = col(r.predicted_category for r in rows)
+        self.score = M.floats([r.score for r in rows])
+        self.missing = col((r.prediction is None for r in rows), bool)
+        self.incomplete = col((bool(r.prediction and not r.prediction.valid) for r in rows), bool)
+        self.mismatch = col((r.policy_mismatch for r in rows), bool)
+        self.augmentation = col(r.sample.augmentation for r in rows)
+        self.variant = col(r.sample.variant for r in rows)
+
+    def take(self, idx: np.ndarray) -> Columns:
+        """The rows at ``idx``, as Columns."""
+        out = object.__new__(Columns)
+        out.__dict__ = {k: v[idx] for k, v in self.__dict__.items()}
+        return out
+
+
+def slice_metrics(c: Columns, bins: int = 10) -> dict[str, Any]:
     return {
-        "n": len(rows),
-        "missing": sum(r.prediction is None for r in rows),
-        "invalid": sum(p is None for p in predicted),
-        "incomplete": sum(bool(r.prediction and not r.prediction.valid) for r in rows),
-        "policy_mismatch": sum(r.policy_mismatch for r in rows),
-        "rating": {how: M.rating_metrics(expected, predicted, how) for how in M.INVALID_AS},
-        "per": {how: M.policy_exception_rate(exceptions, predicted, how) for how in M.INVALID_AS},
-        "category": {how: M.category_accuracy(exp_cat, pred_cat, how) for how in M.INVALID_AS},
-        "scores": M.score_metrics(expected, [r.score for r in rows], bins),
+        "n": len(c.expected),
+        "missing": int(c.missing.sum()),
+        "invalid": int(np.count_nonzero((c.predicted != "Safe") & (c.predicted != "Unsafe"))),
+        "incomplete": int(c.incomplete.sum()),
+        "policy_mismatch": int(c.mismatch.sum()),
+        "rating": {how: M.rating_metrics(c.expected, c.predicted, how) for how in M.INVALID_AS},
+        "per": {
+            how: M.policy_exception_rate(c.exception, c.predicted, how) for how in M.INVALID_AS
+        },
+        "category": {
+            how: M.category_accuracy(c.category, c.predicted_category, how) for how in M.INVALID_AS
+        },
+        "scores": M.score_metrics(c.expected, c.score, bins),
     }
 
 
-def _groups(rows: Sequence[Joined], key: Callable[[Joined], str | None]) -> dict[str, list]:
-    out: dict[str, list[Joined]] = defaultdict(list)
-    for r in rows:
-        k = key(r)
+def _groups(keys: np.ndarray) -> dict[str, np.ndarray]:
+    """Row indices by key, keys sorted; rows whose key is None belong to no group."""
+    out: dict[str, list[int]] = defaultdict(list)
+    for i, k in enumerate(keys):
         if k is not None:
-            out[k].append(r)
-    return dict(sorted(out.items()))
+            out[k].append(i)
+    return {k: np.array(out[k], dtype=int) for k in sorted(out)}
 
 
-def intervals(rows: Sequence[Joined], resamples: int, seed: int) -> dict[str, Any]:
+def intervals(c: Columns, resamples: int, seed: int) -> dict[str, Any]:
     """95% bootstrap intervals of the headline metrics, both ways of counting invalid answers."""
-    expected = [r.sample.rating for r in rows]
-    predicted = [r.predicted_rating for r in rows]
-    exc = [r.sample.exception for r in rows]
     out: dict[str, Any] = {"resamples": resamples, "level": 0.95}
     for how in M.INVALID_AS:
-        ci = M.rating_bootstrap(expected, predicted, how, resamples=resamples, seed=seed)
-        ci["per"] = M.bootstrap_ci(
-            len(rows),
-            lambda idx, how=how: M.policy_exception_rate(
-                [exc[i] for i in idx], [predicted[i] for i in idx], how
-            )["per"],
-            resamples=resamples,
-            seed=seed,
-        )
+        ci = M.rating_bootstrap(c.expected, c.predicted, how, resamples=resamples, seed=seed)
+        ci["per"] = M.per_bootstrap(c.exception, c.predicted, how, resamples=resamples, seed=seed)
         out[how] = ci
-    scores = [r.score for r in rows]
-    if any(s is not None for s in scores):
-        out["roc_auc"] = M.bootstrap_ci(
-            len(rows),
-            lambda idx: M.score_metrics([expected[i] for i in idx], [scores[i] for i in idx])[
-                "roc_auc"
-            ],
-            resamples=min(resamples, 300),  # a curve per resample: keep it bounded
-            seed=seed,
-        )
+    if np.isfinite(c.score).any():
+        # a curve per resample once: kept to 300 resamples, as before it was vectorised
+        out["roc_auc"] = M.roc_auc_bootstrap(c.expected, c.score, min(resamples, 300), seed)
     return out
 
 
@@ -127,32 +145,33 @@ def compute(
     default-policy samples they came from) and in ``variants`` (all of them pooled); every
     other figure is on the labelled set as given, so it stays comparable with the paper's.
     """
-    labelled = [r for r in rows if not r.sample.variant]
-    made = [r for r in rows if r.sample.variant]
+    everything = Columns(rows)
+    made_at = np.flatnonzero(np.fromiter((bool(v) for v in everything.variant), bool))
+    labelled = everything.take(np.setdiff1d(np.arange(len(rows)), made_at))
+    made = everything.take(made_at)
+    default = labelled.take(
+        np.flatnonzero((labelled.augmentation == None) & (labelled.variant == None))  # noqa: E711
+    )
     by_variant: dict[str, Any] = {}
-    if made:
-        by_variant["original"] = slice_metrics(
-            [r for r in labelled if r.sample.default_policy], bins
-        )
-        for k, v in _groups(made, lambda r: r.sample.variant).items():
-            by_variant[k] = slice_metrics(v, bins)
+    if len(made_at):
+        by_variant["original"] = slice_metrics(default, bins)
+        for k, idx in _groups(made.variant).items():
+            by_variant[k] = slice_metrics(made.take(idx), bins)
     return {
         "overall": slice_metrics(labelled, bins),
-        "default_policy": slice_metrics([r for r in labelled if r.sample.default_policy], bins),
+        "default_policy": slice_metrics(default, bins),
         "by_augmentation": {
-            k: slice_metrics(v, bins)
-            for k, v in _groups(labelled, lambda r: r.sample.augmentation).items()
+            k: slice_metrics(labelled.take(idx), bins)
+            for k, idx in _groups(labelled.augmentation).items()
         },
         "by_category": {
-            k: slice_metrics(v, bins)
-            for k, v in _groups(labelled, lambda r: r.sample.category).items()
+            k: slice_metrics(labelled.take(idx), bins)
+            for k, idx in _groups(labelled.category).items()
         },
-        "variants": slice_metrics(made, bins) if made else None,
+        "variants": slice_metrics(made, bins) if len(made_at) else None,
         "by_variant": by_variant,
         "intervals": intervals(labelled, bootstrap, seed),
-        "reliability": M.reliability(
-            [r.sample.rating for r in labelled], [r.score for r in labelled], bins
-        ),
+        "reliability": M.reliability(labelled.expected, labelled.score, bins),
     }
 
 
@@ -249,6 +268,23 @@ def config_record(cfg: EvalConfig) -> dict[str, Any]:
     return data
 
 
+def _check_matches(
+    cfg: EvalConfig, rows: Sequence[Joined], predictions: Sequence[Prediction]
+) -> list[str]:
+    """No prediction matching any sample is an error (an id column misread, the wrong file:
+    a report of 0 scored samples would pass for a result); some not matching is a warning."""
+    matched = {r.prediction.id for r in rows if r.prediction is not None}
+    if not matched:
+        raise ConfigError(
+            f"{cfg.predictions}: none of its {len(predictions)} predictions matches a sample "
+            f"of {cfg.labels} by id (or image path)"
+        )
+    unmatched = len(predictions) - len(matched)
+    if not unmatched:
+        return []
+    return [f"{cfg.predictions}: {unmatched} prediction(s) match no labelled sample, ignored"]
+
+
 def evaluate(
     cfg: EvalConfig | None = None,
     *,
@@ -267,13 +303,16 @@ def evaluate(
     if cfg.variants:
         samples = samples + make_variants(samples, cfg.variants, seed=cfg.seed)
     source: dict[str, Any]
+    notes: list[str] = []
     if cfg.guard is not None:
         predictions, source = predict(samples, cfg, on_start, on_batch)
     else:
         assert cfg.predictions is not None
-        predictions = load_predictions(cfg.predictions)
+        predictions = load_predictions(cfg.predictions, notes)
         source = {"predictions": str(cfg.predictions)}
     rows = join(samples, predictions)
+    if cfg.guard is None:
+        notes += _check_matches(cfg, rows, predictions)
     report = {
         "schema": SCHEMA_VERSION,
         "name": cfg.name or cfg.output.name,
@@ -281,8 +320,11 @@ def evaluate(
         "llavaguard_version": __version__,
         "labels": str(cfg.labels),
         **source,
-        "policies": sorted({r.sample.policy.describe() for r in rows}),
+        "policies": sorted(
+            {p.describe() for p in {id(s.policy): s.policy for s in samples}.values()}
+        ),
         "config": config_record(cfg),
+        "warnings": notes,
         **compute(rows, bootstrap=cfg.bootstrap, seed=cfg.seed, bins=cfg.bins),
     }
     write_reports(report, rows, cfg.output, plots=cfg.plots)

@@ -23,10 +23,10 @@ from itertools import chain
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from llavaguard.errors import ConfigError, PolicyError
-from llavaguard.inputs.tables import iter_rows, row_where
+from llavaguard.inputs.tables import first_given, numbered_rows, row_where, shown
 from llavaguard.policy import Policy, State, canonical_category, parse_answer
 
 Rating = Literal["Safe", "Unsafe"]
@@ -119,6 +119,7 @@ def read_labels(
     policy: Policy | str | Path | None = None,
     *,
     require_images: bool = False,
+    empty_ok: bool = False,
 ) -> list[LabelledSample]:
     """A labelled set from JSONL/CSV/Parquet rows or LLaVA conversation JSON.
 
@@ -128,46 +129,66 @@ def read_labels(
     an inline policy object; default ``policy``), ``allow``/``sensitive`` (codes), optional
     ``augmentation`` (else read from the id's suffix) and ``variant``. Errors name the row.
     ``require_images``: a row without an image is an error (training and rationales need the
-    pixels; an evaluation against given predictions does not).
+    pixels; an evaluation against given predictions does not). ``empty_ok``: an empty file
+    is no samples, not an error (a build's test split of size 0); elsewhere an empty labelled
+    set would give an empty report that passes for a result.
     """
     path = Path(path)
     default = Policy.load(policy)
-    rows = iter_rows(path)
+    rows = numbered_rows(path)
     first = next(rows, None)
     if first is None:
-        return []
-    if "conversations" in first:
-        return _from_llava([first, *rows], path, default)
-    policies = _Policies(path.parent, default)
+        if empty_ok:
+            return []
+        raise ConfigError(f"{path}: no labelled samples (the file is empty or only a header)")
+    if "conversations" in first[1]:
+        return _from_llava([first[1], *(row for _, row in rows)], path, default)
+    policies = _Policies(path, default)
+    base = path.parent.resolve()
     out: list[LabelledSample] = []
-    seen: set[str] = set()
-    for i, row in enumerate(chain([first], rows), 1):
-        where = row_where(path, i)
+    seen: dict[str, int] = {}
+    for n, row in chain([first], rows):
+        where = row_where(path, n)
         try:
-            sample = _sample(row, path.parent, policies)
+            sample = _sample(row, base, policies)
             if require_images and sample.image is None:
                 raise ValueError("no image")
+        except ValidationError as e:  # a column of the wrong type: say which, not pydantic's title
+            raise ConfigError(f"{where}: {_first_error(e)}") from e
         except (ValueError, PolicyError) as e:
             raise ConfigError(f"{where}: {str(e).splitlines()[0]}") from e
         if sample.id in seen:
-            raise ConfigError(f"{where}: duplicate sample id {sample.id!r}")
-        seen.add(sample.id)
+            first_at = row_where(path, seen[sample.id])
+            raise ConfigError(f"{where}: duplicate sample id {sample.id!r} (first at {first_at})")
+        seen[sample.id] = n
         out.append(sample)
     return out
 
 
+def _first_error(e: ValidationError) -> str:
+    err = e.errors()[0]
+    field = ".".join(str(p) for p in err["loc"])
+    return f"{field}: {err['msg'].removeprefix('Value error, ')}"
+
+
+def sample_id_of(row: dict[str, Any]) -> str | None:
+    """A row's sample id: ``id``, else ``sample_id``, else the image path; ``0`` is an id."""
+    value = first_given(row, "id", "sample_id", "image")
+    return None if value is None else str(value)
+
+
 def _sample(row: dict[str, Any], base: Path, policies: _Policies) -> LabelledSample:
     image = row.get("image")
-    sample_id = str(row.get("id") or row.get("sample_id") or image or "")
-    if not sample_id:
+    sample_id = sample_id_of(row)
+    if sample_id is None:
         raise ValueError("needs an 'id' or an 'image'")
     policy = policies.get(row.get("policy"), row.get("allow"), row.get("sensitive"))
-    rating = parse_rating(row.get("rating", row.get("label")))
+    rating = parse_rating(first_given(row, "rating", "label"))
     return LabelledSample(
         id=sample_id,
         image=_image_path(image, base),
         rating=rating,
-        category=_category(row.get("category"), policy, rating),
+        category=policies.category(row.get("category"), policy, rating),
         policy=policy,
         rationale=str(row.get("rationale") or ""),
         augmentation=row.get("augmentation") or augmentation_of(sample_id),
@@ -186,39 +207,76 @@ def _codes(value: Any) -> list[str]:
 
 
 class _Policies:
-    """Parsed policies by spec, so a million rows under five policies parse five times."""
+    """Parsed policies by spec, and resolved categories by (policy, spelling), so a million
+    rows under five policies parse five times and canonicalise each distinct spelling once."""
 
-    def __init__(self, base: Path, default: Policy) -> None:
-        self.base = base
+    def __init__(self, path: Path, default: Policy) -> None:
+        self.base = path.parent
         self.default = default
         self.cache: dict[str, Policy] = {}
+        self.categories: dict[tuple[int, Any, str], str] = {}
 
     def get(self, spec: Any, allow: Any, sensitive: Any) -> Policy:
         key = json.dumps([spec, _codes(allow), _codes(sensitive)], sort_keys=True, default=str)
         if key not in self.cache:
-            if isinstance(spec, dict):
-                try:
-                    base = Policy.model_validate(spec)
-                except Exception as e:
-                    raise PolicyError(f"inline policy: {str(e).splitlines()[0]}") from e
-            elif spec in (None, ""):
-                base = self.default
-            else:
-                spec = str(spec)
-                local = self.base / spec
-                base = Policy.load(local if local.suffix and local.exists() else spec)
+            base = self._base(spec)
             self.cache[key] = base.with_states(allow=_codes(allow), sensitive=_codes(sensitive))
         return self.cache[key]
 
+    def _base(self, spec: Any) -> Policy:
+        if isinstance(spec, dict):
+            # the policy file's own format (name, categories, allow, sensitive), read by the
+            # same code as a policy file, so its errors are the same one line
+            return Policy.from_data(_public_shape(spec), where="inline policy")
+        if spec in (None, ""):
+            return self.default
+        spec = str(spec)
+        local = self.base / spec
+        return Policy.load(local if local.suffix and local.exists() else spec)
+
+    def category(self, value: Any, policy: Policy, rating: str) -> str:
+        key = (id(policy.taxonomy), value if isinstance(value, str) else repr(value), rating)
+        if key not in self.categories:  # the taxonomy lives as long as self.cache holds it
+            self.categories[key] = _category(value, policy, rating)
+        return self.categories[key]
+
+
+def _public_shape(spec: dict[str, Any]) -> dict[str, Any]:
+    """Rows written before labels carried the public policy format held the internal one,
+    ``{"taxonomy": {...}, "states": {code: state}}``: read as the public format says it."""
+    taxonomy, states = spec.get("taxonomy"), spec.get("states") or {}
+    if (
+        set(spec) <= {"taxonomy", "states"}
+        and isinstance(taxonomy, dict)
+        and isinstance(states, dict)
+    ):
+        data = {k: v for k, v in taxonomy.items() if k != "source"}
+        for key, state in (("allow", State.ALLOWED), ("sensitive", State.SENSITIVE)):
+            data[key] = [code for code, s in states.items() if s == state]
+        return data
+    return spec
+
+
+# The one rating vocabulary of labels and predictions (case and surrounding spaces ignored):
+# 1 / true means Unsafe, the positive class, as everywhere in the metrics.
+RATING_WORDS: dict[str, Rating] = {
+    "safe": "Safe", "0": "Safe", "false": "Safe",
+    "unsafe": "Unsafe", "1": "Unsafe", "true": "Unsafe",
+}  # fmt: skip
+RATING_VOCABULARY = "Safe or Unsafe (any case; also 0/1 or false/true, 1 and true meaning Unsafe)"
+
 
 def parse_rating(value: Any) -> Rating:
-    """Safe or Unsafe from the spellings tables use (also 0/1, false/true)."""
-    v = str(value).strip().lower()
-    if v in {"safe", "0", "false"}:
-        return "Safe"
-    if v in {"unsafe", "1", "true"}:
-        return "Unsafe"
-    raise ValueError(f"rating must be Safe or Unsafe, got {value!r}")
+    """Safe or Unsafe from the spellings tables use: Safe/Unsafe in any case, 0/1 and
+    false/true (as text, numbers or booleans: a Parquet column of 0.0/1.0 counts)."""
+    if isinstance(value, bool):
+        return "Unsafe" if value else "Safe"
+    if isinstance(value, int | float) and value in (0, 1):
+        return "Unsafe" if value == 1 else "Safe"
+    rating = RATING_WORDS.get(value.strip().lower()) if isinstance(value, str) else None
+    if rating is None:
+        raise ValueError(f"rating must be {RATING_VOCABULARY}, got {shown(value)}")
+    return rating
 
 
 def _category(value: Any, policy: Policy, rating: str) -> str:
@@ -236,11 +294,13 @@ def _category(value: Any, policy: Policy, rating: str) -> str:
 
 
 def _image_path(image: Any, base: Path) -> str | None:
-    """Absolute: a relative path is relative to the labels file, wherever the reader runs."""
+    """Absolute: a relative path is relative to the labels file, wherever the reader runs.
+    ``base`` is resolved once by the caller and joined here without touching the disk (a
+    ``resolve()`` per row was a fifth of reading 100,000 labels)."""
     if image in (None, ""):
         return None
-    p = Path(str(image))
-    return str(p if p.is_absolute() else (base / p).resolve())
+    p = str(image)
+    return str(Path(p)) if os.path.isabs(p) else os.path.normpath(os.path.join(base, p))
 
 
 def _from_llava(rows: list[dict[str, Any]], path: Path, base: Policy) -> list[LabelledSample]:
@@ -260,7 +320,7 @@ def _from_llava(rows: list[dict[str, Any]], path: Path, base: Policy) -> list[La
             out.append(
                 LabelledSample(
                     id=sample_id or str(row.get("image")),
-                    image=_image_path(row.get("image"), path.parent),
+                    image=_image_path(row.get("image"), path.parent.resolve()),
                     rating=parsed.rating,
                     category=parsed.category,
                     policy=policy,
@@ -296,11 +356,12 @@ def policy_from_prompt(prompt: str, base: Policy) -> Policy:
 
 
 def policy_spec(policy: Policy) -> str | dict[str, Any]:
-    """How a row names its policy: a built-in by name, any other taxonomy inline (so the
-    labels do not depend on where its file was); the states go in ``allow``/``sensitive``."""
+    """How a row names its policy: a built-in by name, any other taxonomy inline in the
+    policy file's format (so the labels do not depend on where its file was, and a person
+    can write the same); the states go in ``allow``/``sensitive``."""
     if policy.taxonomy.source == f"builtin:{policy.name}":
         return policy.name
-    return Policy(taxonomy=policy.taxonomy).model_dump(mode="json")
+    return policy.taxonomy.model_dump(mode="json", by_alias=True, exclude={"source"})
 
 
 def label_row(sample: LabelledSample) -> dict[str, Any]:

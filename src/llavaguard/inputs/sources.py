@@ -19,7 +19,7 @@ from typing import Any
 
 from llavaguard.errors import ConfigError
 from llavaguard.inputs.images import IMAGE_EXTENSIONS, expand_paths
-from llavaguard.inputs.tables import iter_rows
+from llavaguard.inputs.tables import ENCODING, iter_rows
 from llavaguard.registry import Registry
 
 
@@ -55,7 +55,7 @@ def path_list(paths: list[str], options: dict[str, Any]) -> Iterator[Item]:
     lines starting with # are skipped."""
     for arg in paths:
         base = Path(arg).parent
-        with open(arg, encoding="utf-8") as f:
+        with open(arg, encoding=ENCODING) as f:  # a byte-order mark is no part of a path
             for line in f:
                 line = line.strip()
                 if line and not line.startswith("#"):

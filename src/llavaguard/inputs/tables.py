@@ -7,7 +7,10 @@ CSV and JSONL line by line), so a table larger than memory can be read; only a J
 read whole, as JSON gives no way to stream it with the standard library.
 
 CSV is read with the standard library rather than pyarrow.csv on purpose: every cell stays the
-string the user wrote (an id ``007`` stays ``007``; pyarrow would infer a number).
+string the user wrote (an id ``007`` stays ``007``; pyarrow would infer a number). Text files
+are decoded as ``utf-8-sig``: spreadsheet programs start a CSV with a byte-order mark, which
+plain ``utf-8`` keeps as part of the first column's name (``\ufeffid``), so the ``id`` column
+silently went missing.
 
 This module knows nothing about what the columns mean.
 """
@@ -23,38 +26,81 @@ from typing import Any
 from llavaguard.errors import ConfigError
 
 _BATCH = 1024
+# a leading byte-order mark is dropped, not read as part of the first column's name
+ENCODING = "utf-8-sig"
 
 
 def row_where(path: str | Path, n: int) -> str:
-    """How an error names row ``n`` (from 1): ``file:n`` for line-based files, else ``file
-    row n`` (a Parquet file or JSON list has no lines to go to)."""
-    line_based = Path(path).suffix.lower() in {".csv", ".jsonl"}
-    return f"{path}:{n}" if line_based else f"{path} row {n}"
+    """How an error names row ``n`` of ``numbered_rows``: ``file:n`` (a line) for line-based
+    files, else ``file row n`` (a Parquet file or JSON list has no lines to go to)."""
+    whole = str(path).lower().endswith((".parquet", ".json"))  # string ops: called per row
+    return f"{path} row {n}" if whole else f"{path}:{n}"
 
 
 def iter_rows(path: str | Path, columns: list[str] | None = None) -> Iterator[dict[str, Any]]:
-    """The rows of a table, one dict each, streamed; ``columns`` limits a Parquet read.
+    """The rows of a table, one dict each, streamed; ``columns`` limits a Parquet read."""
+    for _, row in numbered_rows(path, columns):
+        yield row
 
-    Any suffix other than .csv, .json and .parquet is read as JSONL. A missing file, bad JSON
-    or an unreadable file stops with a ConfigError that names the file (and line)."""
+
+def numbered_rows(
+    path: str | Path, columns: list[str] | None = None
+) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(where, row) for each row: ``where`` is the line in a CSV or JSONL file (blank lines
+    and the header counted, so an editor goes there) and the row number from 1 in a Parquet
+    file or JSON list; ``row_where(path, where)`` says it the way errors do.
+
+    Any suffix other than .csv, .json and .parquet is read as JSONL. A missing file, bad JSON,
+    a CSV row with more cells than its header or an unreadable file stops with a ConfigError
+    that names the file (and line)."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: file not found")
     suffix = path.suffix.lower()
     try:
         if suffix == ".parquet":
-            yield from _parquet(path, columns)
+            yield from enumerate(_parquet(path, columns), 1)
         elif suffix == ".csv":
-            with path.open(newline="", encoding="utf-8") as f:
-                yield from csv.DictReader(f)
+            yield from _csv(path)
         elif suffix == ".json":
-            yield from _json_list(path)
+            yield from enumerate(_json_list(path), 1)
         else:
             yield from _jsonl(path)
     except ConfigError:
         raise
     except Exception as e:  # an unreadable file, whatever the library says: one line
         raise ConfigError(f"{path}: cannot read ({e.__class__.__name__}: {e})") from e
+
+
+def first_given(row: dict[str, Any], *keys: str) -> Any:
+    """The value of the first of ``keys`` that the row gives: None and "" are not given, but
+    0 and False are (an id ``0`` is an id)."""
+    for key in keys:
+        value = row.get(key)
+        if value is not None and value != "":
+            return value
+    return None
+
+
+def shown(value: Any, limit: int = 60) -> str:
+    """A cell as an error message shows it: its repr, cut to ``limit`` characters (a cell may
+    hold a megabyte), and lists or objects by kind (no Python repr of a structure)."""
+    if isinstance(value, dict | list | tuple):
+        return "an object" if isinstance(value, dict) else "a list"
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _csv(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    with path.open(newline="", encoding=ENCODING) as f:
+        reader = csv.DictReader(f)
+        for row in reader:
+            if None in row:  # DictReader's place for cells beyond the header
+                raise ConfigError(
+                    f"{path}:{reader.line_num}: {len(row[None])} more cell(s) than the header "
+                    f"has ({len(reader.fieldnames or [])} columns)"
+                )
+            yield reader.line_num, row
 
 
 def _parquet(path: Path, columns: list[str] | None) -> Iterator[dict[str, Any]]:
@@ -66,7 +112,7 @@ def _parquet(path: Path, columns: list[str] | None) -> Iterator[dict[str, Any]]:
 
 def _json_list(path: Path) -> Iterator[dict[str, Any]]:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding=ENCODING))
     except json.JSONDecodeError as e:
         raise ConfigError(f"{path}:{e.lineno}: invalid JSON: {e.msg}") from e
     if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
@@ -74,8 +120,8 @@ def _json_list(path: Path) -> Iterator[dict[str, Any]]:
     yield from data
 
 
-def _jsonl(path: Path) -> Iterator[dict[str, Any]]:
-    with path.open(encoding="utf-8") as f:
+def _jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    with path.open(encoding=ENCODING) as f:
         for i, line in enumerate(f, 1):
             if not line.strip():
                 continue
@@ -85,4 +131,4 @@ def _jsonl(path: Path) -> Iterator[dict[str, Any]]:
                 raise ConfigError(f"{path}:{i}: invalid JSON: {e.msg}") from e
             if not isinstance(row, dict):
                 raise ConfigError(f"{path}:{i}: each line must be a JSON object")
-            yield row
+            yield i, row

@@ -106,7 +106,7 @@ def _eval_samples(data: Path, n: int, seed: int) -> list[Any]:
     path = data / "test.labels.jsonl"
     if n == 0 or not path.is_file():
         return []
-    samples = read_labels(path)
+    samples = read_labels(path, empty_ok=True)  # --test-fraction 0 writes it empty
     random.Random(seed).shuffle(samples)
     return samples[:n]
 
