@@ -85,18 +85,18 @@ def parse_teacher(text: str) -> tuple[str, str | None]:
 
 
 def _json_object(text: str) -> dict[str, Any] | None:
+    """The teacher's JSON object: decoded if clean, else read by the answer parser's linear
+    lenient reader (a teacher's text is model output too; json_repair's time grows with the
+    square of odd input)."""
+    from llavaguard.policy.lenient import read_object
+
     start, end = text.find("{"), text.rfind("}")
     if start < 0:
         return None
     try:
         obj = json.loads(text[start : end + 1])
-    except ValueError:
-        try:
-            import json_repair
-
-            obj = json_repair.loads(text[start:])
-        except Exception:  # a repair failure means: not JSON, read it as text
-            return None
+    except (ValueError, RecursionError):
+        obj = dict(read_object(text, start).pairs) or None
     return obj if isinstance(obj, dict) else None
 
 
