@@ -22,10 +22,18 @@ def create_app(config: ServeConfig | None = None, guard: Any = None) -> Any:
 
 
 def serve(config: ServeConfig) -> None:
-    """Load the model, then answer HTTP until interrupted."""
+    """Load the model, then answer HTTP until interrupted. On SIGTERM, requests get
+    ``shutdown_timeout`` seconds to finish and are then cancelled (their queued work dropped);
+    a batch running in the model thread is not waited for."""
     import uvicorn
 
-    uvicorn.run(create_app(config), host=config.host, port=config.port, log_level="info")
+    uvicorn.run(
+        create_app(config),
+        host=config.host,
+        port=config.port,
+        log_level="info",
+        timeout_graceful_shutdown=config.shutdown_timeout,  # type: ignore[arg-type]
+    )
 
 
 __all__ = ["ServeConfig", "create_app", "serve"]
