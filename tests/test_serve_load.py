@@ -9,6 +9,7 @@ import asyncio
 import base64
 import io
 import json
+import signal
 import threading
 import time
 
@@ -220,7 +221,7 @@ def test_grammar_cache_is_bounded_and_schemas_are_sized(tiny):
 
 
 def test_decoded_size_is_read_from_the_header():
-    """A 4.9 KB PNG that decodes to 119 MB (476 MB on its way to a model) is known as such
+    """A 4.9 KB PNG that decodes to 119 MB (454 MB charged on its way to a model) is known as such
     without decoding it."""
     from llavaguard.inputs.images import DECODED_BYTES_PER_PIXEL, decoded_bytes
 
@@ -373,3 +374,47 @@ def test_schemas_are_sized_and_compiled_off_the_model_thread(guard, monkeypatch)
     call(guard, requests)
     assert len(compiled_in) >= 2  # the chat schema and the custom policy's answer grammar
     assert "llavaguard-model" not in compiled_in
+
+
+# ---- a real server ------------------------------------------------------------------------
+
+
+@pytest.mark.slow  # a real server process
+def test_sigterm_stops_a_busy_server_within_seconds(tiny):
+    """The model is busy with a long answer (minutes on a CPU) and another request waits:
+    SIGTERM still ends the process within seconds, and both requests hear 503 at once."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from conftest import start_server, stop
+
+    proc, url = start_server(tiny, "--dtype", "float32", "--shutdown-timeout", "2")
+    long = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 3000,
+            "min_tokens": 3000}  # fmt: skip
+
+    def post(body):
+        try:
+            return httpx.post(url + "/v1/chat/completions", json=body, timeout=120).status_code
+        except httpx.HTTPError as e:
+            return e.__class__.__name__
+
+    try:
+        with ThreadPoolExecutor(2) as pool:
+            busy = pool.submit(post, long)
+            time.sleep(1.5)  # the long answer is running in the model thread
+            waiting = pool.submit(post, {**long, "max_tokens": 2, "min_tokens": None})
+            time.sleep(0.5)
+            assert httpx.get(url + "/health", timeout=5).json()["queue_depth"] == 1
+            started = time.perf_counter()
+            proc.terminate()
+            proc.wait(30)
+            took = time.perf_counter() - started
+            outcomes = busy.result(10), waiting.result(10)
+    finally:
+        stop(proc)
+    proc.log.seek(0)
+    log = proc.log.read()
+    assert took < 8, (took, log[-2000:])
+    assert "Application shutdown complete" in log  # a clean shutdown, then uvicorn
+    assert proc.returncode == -signal.SIGTERM  # re-raises the signal it handled
+    print(f"stopped in {took:.1f} s; answers: {outcomes}")
+    assert outcomes == (503, 503)  # both told at once: shutting down, retry elsewhere
