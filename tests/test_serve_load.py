@@ -218,6 +218,11 @@ def test_grammar_cache_is_bounded_and_schemas_are_sized(tiny):
         check_schema_size({"properties": {"a": {"enum": list(range(1001))}}}, 64 * 1024, 1000)
     with pytest.raises(ConfigError, match="bytes; this server takes at most 65536"):
         check_schema_size({"description": "x" * 70_000}, 64 * 1024, 1000)
+    deep: dict = {}
+    for _ in range(100_000):
+        deep = {"items": deep}
+    with pytest.raises(ConfigError, match="nested too deeply"):
+        check_schema_size(deep, 64 * 1024 * 1024, 1000)
 
 
 def test_decoded_size_is_read_from_the_header():

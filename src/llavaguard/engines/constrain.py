@@ -24,7 +24,10 @@ def check_schema_size(schema: dict[str, Any], max_bytes: int, max_enum_values: i
     """ConfigError when a schema is too large to compile for a client: over ``max_bytes`` of
     JSON, or more than ``max_enum_values`` enum values in all (compiling costs grow with
     both: a 20,000-value enum took seconds and a hundred MB)."""
-    size = len(json.dumps(schema))
+    try:
+        size = len(json.dumps(schema))
+    except RecursionError:
+        raise ConfigError("JSON schema nested too deeply") from None
     if size > max_bytes:
         raise ConfigError(f"JSON schema of {size} bytes; this server takes at most {max_bytes}")
     values, stack = 0, [schema]

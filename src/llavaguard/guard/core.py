@@ -323,6 +323,8 @@ class Guard:
         """Compile ahead what judging under ``policy`` needs (its answer grammar, when answers
         are constrained), in the calling thread: the server does it before queueing, so a new
         policy holds no batch up. Returns a handle to keep while that work waits."""
+        if self.mode is Mode.TRIAGE:  # no answer is generated
+            return None
         return self.engine.prepare(self._generation_config(policy))
 
     def _generation_config(self, policy: Policy) -> GenerationConfig:

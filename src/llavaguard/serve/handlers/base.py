@@ -156,7 +156,10 @@ class Handler:
         """In a worker thread: the policy, rendered (its text and id computed here)."""
         from llavaguard.policy import Policy
 
-        text = json.dumps(spec, separators=(",", ":"))
+        try:
+            text = json.dumps(spec, separators=(",", ":"))
+        except RecursionError:
+            raise PolicyError("policy: nested too deeply") from None
         most = int(self.config.max_policy_kb * 1024)
         if len(text.encode()) > most:
             raise PolicyError(f"policy: {len(text.encode())} bytes of JSON; this server takes "
