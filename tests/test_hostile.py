@@ -339,6 +339,136 @@ def test_silent_and_idle_connections_are_closed(slow_server):
         assert time.perf_counter() - started < 4
 
 
+# -- load: policies, image memory, admission, schemas ----------------------------------------
+
+
+def _png(mode: str = "RGB", side: int = 32) -> str:
+    """A PNG as a data URL; mode "1" at a large side is a bomb: a few KB, hundreds of MB."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new(mode, (side, side)).save(buf, "PNG", optimize=True)
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def _policy(n: int, text: str = "Contain this.") -> dict:
+    categories = [{"code": f"C{i}", "name": f"Category {i}", "should_not": [text]}
+                  for i in range(n)]  # fmt: skip
+    return {"name": "hostile", "categories": categories}
+
+
+def _parts(*urls: str) -> list[dict]:
+    return [{"type": "image_url", "image_url": {"url": u}} for u in urls]
+
+
+def _refused(r: httpx.Response, status: int, *words: str) -> None:
+    assert r.status_code == status, r.text[:300]
+    message = r.json()["error"]["message"]
+    assert "\n" not in message and all(w in message for w in words), message
+
+
+def test_huge_and_many_custom_policies_are_refused_or_forgotten(server):
+    """600 KB policies, a 10,000-category policy, and 40 distinct policies with a bad image:
+    each refused in one line, fast, and the model worker stays free for the next image."""
+    url, image = server["url"] + "/v1/assess", _png()
+    with httpx.Client(headers=AUTH, timeout=30) as client:
+        for i in range(10):
+            r = client.post(url, json={"image": image, "policy": _policy(60, f"{i}" * 10_000)})
+            _refused(r, 400, "bytes of JSON", "at most 262144")
+        started = time.perf_counter()
+        r = client.post(url, json={"image": image, "policy": _policy(10_000)})
+        _refused(r, 400, "10000 categories", "at most 100")
+        assert time.perf_counter() - started < 2
+        for i in range(40):
+            r = client.post(url, json={"image": "bm90IGFuIGltYWdl", "policy": _policy(3, str(i))})
+            _refused(r, 400, "image")
+        started = time.perf_counter()
+        r = client.post(url, json={"image": image})
+        assert r.status_code == 200, r.text
+        assert time.perf_counter() - started < 10  # no leftover work ahead of it
+
+
+def test_decompression_bombs_and_many_images_are_refused_whole(server):
+    """A 4.9 KB 1-bit PNG of 6300x6300 (454 MB charged on its way to the model) alone, four of them
+    in one moderation request, one in a chat; 9 and 64 image parts in one request."""
+    bomb, small = _png("1", 6300), _png()
+    base = server["url"]
+    with httpx.Client(headers=AUTH, timeout=30) as client:
+        r = client.post(base + "/v1/assess", json={"image": bomb})
+        _refused(r, 413, "MB decoded", "at most 256 MB a request")
+        r = client.post(base + "/v1/moderations", json={"input": _parts(*[bomb] * 4)})
+        _refused(r, 413, "MB decoded")
+        chat = {"messages": [{"role": "user", "content": _parts(small, bomb)}], "max_tokens": 2}
+        _refused(client.post(base + "/v1/chat/completions", json=chat), 413, "MB decoded")
+        for n in (9, 64):
+            r = client.post(base + "/v1/moderations", json={"input": _parts(*[small] * n)})
+            _refused(r, 400, f"{n} images in one request", "at most 8")
+        assert client.get(base + "/health").json()["queue_depth"] == 0
+
+
+def test_big_json_schemas_are_refused_before_the_model(server):
+    """A 20,000-value enum (seconds and 100+ MB of the worker each, before) and a compact
+    5,000-value one: refused in one line before anything is compiled or queued."""
+    base = server["url"]
+
+    def chat(values: list) -> dict:
+        schema = {"type": "string", "enum": values}
+        return {"messages": [{"role": "user", "content": "Rate."}], "max_tokens": 4,
+                "response_format": {"type": "json_schema",
+                                    "json_schema": {"name": "a", "schema": schema}}}  # fmt: skip
+
+    with httpx.Client(headers=AUTH, timeout=30) as client:
+        for i in range(5):
+            r = client.post(base + "/v1/chat/completions",
+                            json=chat([f"{i} value {j}" for j in range(20_000)]))  # fmt: skip
+            _refused(r, 400, "bytes", "at most 65536")
+        r = client.post(base + "/v1/chat/completions", json=chat(list(range(5000))))
+        _refused(r, 400, "5000 enum values", "at most 1000")
+        started = time.perf_counter()
+        r = client.post(base + "/v1/chat/completions", json=chat(["Safe", "Unsafe"]))
+        assert r.status_code == 200, r.text
+        assert time.perf_counter() - started < 10
+
+
+def test_a_client_that_leaves_takes_its_queued_images_with_it(server):
+    """While the model writes a long answer, a moderation request of 8 images queues behind
+    it and its client gives up: its 8 jobs leave the queue at once and never run."""
+    base = server["url"]
+
+    def answer(tokens: int) -> dict:
+        return {"messages": [{"role": "user", "content": "hi"}], "max_tokens": tokens,
+                "min_tokens": tokens}  # fmt: skip
+
+    started = time.perf_counter()  # how fast this machine writes: aim at 4 s of work
+    assert httpx.post(base + "/v1/chat/completions", json=answer(100), headers=AUTH,
+                      timeout=30).status_code == 200  # fmt: skip
+    tokens = int(min(4000, 100 * 4 / (time.perf_counter() - started)))
+    long = answer(tokens)
+
+    def images_run() -> float:
+        text = httpx.get(base + "/metrics").text
+        return sum(float(line.split()[-1]) for line in text.splitlines()
+                   if line.startswith("llavaguard_batch_size_sum "))  # fmt: skip
+
+    before = images_run()
+    with httpx.Client(headers=AUTH, timeout=60) as client:
+        busy = threading.Thread(target=client.post, args=(base + "/v1/chat/completions",),
+                                kwargs={"json": long})  # fmt: skip
+        busy.start()
+        time.sleep(0.5)
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(base + "/v1/moderations", headers=AUTH, timeout=1,
+                       json={"input": _parts(*[_png()] * 8)})  # fmt: skip
+        time.sleep(0.3)
+        depth = client.get(base + "/health").json()["queue_depth"]
+        busy.join(60)
+    assert depth == 0, tokens
+    assert images_run() - before == 1  # the long answer; none of the 8 images
+
+
 # -- attacks above -------------------------------------------------------------------------
 
 

@@ -6,6 +6,17 @@ so the CLI can print it as is and a batch can store it on the record it belongs 
 
 from __future__ import annotations
 
+import re
+
+# a C++ library's source location in its messages, e.g. xgrammar's
+# "[23:43:10] /project/cpp/json_schema_converter.cc:5082: ": internals, not the user's business
+_SOURCE_LOCATION = re.compile(r"\[[\d:]+\]\s*\S+?\.(?:cc|cpp|cu|h|hpp):\d+:\s*")
+
+
+def one_line(message: str) -> str:
+    """A library's message on one line, without its C++ source locations."""
+    return _SOURCE_LOCATION.sub("", " ".join(message.split()))
+
 
 class LlavaGuardError(Exception):
     """Base of all errors this package raises on purpose."""

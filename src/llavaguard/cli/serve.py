@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import typer
 
-from llavaguard.cli.options import DECODING, MODEL, POLICY, guard_options
+from llavaguard.cli.options import DECODING, MODEL, POLICY, _opt, guard_options
 from llavaguard.guard.spec import GuardSpec
+from llavaguard.serve.config import ServeConfig
 
 
 # --api-key here names the keys the server accepts (a list); the engine runs in this process
@@ -34,19 +35,22 @@ def serve(
     allow_image_urls: bool = typer.Option(
         False, "--allow-image-urls", help="Fetch http(s) image URLs (never private addresses)."
     ),
-    header_timeout: float = typer.Option(
-        10.0, "--header-timeout", help="Seconds for a request's headers, then 408."
-    ),
-    body_timeout: float = typer.Option(
-        60.0, "--body-timeout", help="Seconds for a request's body, then 408."
-    ),
-    keep_alive_timeout: float = typer.Option(
-        5.0, "--keep-alive-timeout", help="Seconds an idle connection stays open."
-    ),
+    # connections: how long a client may take
+    header_timeout: float = _opt(ServeConfig, "header_timeout"),
+    body_timeout: float = _opt(ServeConfig, "body_timeout"),
+    keep_alive_timeout: float = _opt(ServeConfig, "keep_alive_timeout"),
+    # resources: what one request, and all of them at once, may take
+    max_image_parts: int = _opt(ServeConfig, "max_image_parts", min=1),
+    max_request_image_mb: float = _opt(ServeConfig, "max_request_image_mb"),
+    max_image_memory_mb: float = _opt(ServeConfig, "max_image_memory_mb"),
+    max_policy_kb: float = _opt(ServeConfig, "max_policy_kb"),
+    max_policy_categories: int = _opt(ServeConfig, "max_policy_categories", min=1),
+    max_schema_kb: float = _opt(ServeConfig, "max_schema_kb"),
+    max_schema_enum: int = _opt(ServeConfig, "max_schema_enum", min=1),
+    shutdown_timeout: float = _opt(ServeConfig, "shutdown_timeout"),
 ) -> None:
     """Serve assessments over HTTP with dynamic batching: /v1/assess, /v1/chat/completions,
     /v1/moderations, /health, /metrics, /docs."""
-    from llavaguard.serve import ServeConfig
     from llavaguard.serve import serve as run
 
     config = ServeConfig(
@@ -55,5 +59,10 @@ def serve(
         max_body_mb=max_body_mb, api_keys=[k for key in accepted_keys for k in key.split(",") if k],
         allow_image_urls=allow_image_urls, header_timeout=header_timeout,
         body_timeout=body_timeout, keep_alive_timeout=keep_alive_timeout,
+        max_image_parts=max_image_parts,
+        max_request_image_mb=max_request_image_mb, max_image_memory_mb=max_image_memory_mb,
+        max_policy_kb=max_policy_kb, max_policy_categories=max_policy_categories,
+        max_schema_kb=max_schema_kb, max_schema_enum=max_schema_enum,
+        shutdown_timeout=shutdown_timeout,
     )  # fmt: skip
     run(config)

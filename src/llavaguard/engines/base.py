@@ -154,6 +154,13 @@ class Engine(ABC):
         their log-probabilities: what an OpenAI-style ``top_logprobs`` reports."""
         raise EngineError(f"engine {self.name} gives no top log-probabilities")
 
+    def prepare(self, config: GenerationConfig) -> Any:
+        """Do ahead, in the calling thread, what ``generate`` with ``config`` would otherwise
+        do first in the model's thread (compile a JSON schema's grammar), so a slow step
+        holds no batch up; ConfigError for options it cannot use. Returns a handle that keeps
+        the prepared work alive while the caller holds it; default: nothing to prepare."""
+        return None
+
     def close(self) -> None:
         """Release memory or connections; the engine is unusable afterwards."""
         return None

@@ -10,19 +10,76 @@ lm-format-enforcer does not work with transformers 5 (see docs/scores.md).
 from __future__ import annotations
 
 import json
+import weakref
 from typing import Any
+
+from llavaguard.errors import ConfigError, one_line
+from llavaguard.lru import LRU
+
+GRAMMAR_CACHE_SIZE = 32  # compiled grammars kept; each is up to a few MB for a large vocabulary
+
+
+def check_schema_size(schema: dict[str, Any], max_bytes: int, max_enum_values: int) -> None:
+    """ConfigError when a schema is too large to compile for a client: over ``max_bytes`` of
+    JSON, or more than ``max_enum_values`` enum values in all (compiling costs grow with
+    both: a 20,000-value enum took seconds and a hundred MB)."""
+    try:
+        size = len(json.dumps(schema))
+    except RecursionError:
+        raise ConfigError("JSON schema nested too deeply") from None
+    if size > max_bytes:
+        raise ConfigError(f"JSON schema of {size} bytes; this server takes at most {max_bytes}")
+    values, stack = 0, [schema]
+    while stack:  # iterative: a deeply nested schema must not exhaust the stack
+        node = stack.pop()
+        if isinstance(node, dict):
+            if isinstance(node.get("enum"), list):
+                values += len(node["enum"])
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    if values > max_enum_values:
+        raise ConfigError(
+            f"JSON schema with {values} enum values; this server takes at most {max_enum_values}"
+        )
 
 
 class GrammarCache:
-    """Compiled grammars per schema, for one tokenizer."""
+    """Compiled grammars per schema, for one tokenizer: the one place schemas are compiled,
+    for the Guard's constrained answers and for the server's structured output alike.
 
-    def __init__(self, tokenizer: Any, vocab_size: int) -> None:
+    Compiling is slow for a large schema, so callers that can (the server) ``compile`` before
+    queueing work, off the thread that runs the model; the model thread then finds the grammar
+    here. At most ``size`` grammars are kept (least recently used first out), plus any that a
+    caller still holds: a grammar compiled for queued work is not compiled twice.
+    """
+
+    def __init__(self, tokenizer: Any, vocab_size: int, size: int = GRAMMAR_CACHE_SIZE) -> None:
         import xgrammar as xgr
 
         self._xgr = xgr
         self.info = xgr.TokenizerInfo.from_huggingface(tokenizer, vocab_size=vocab_size)
-        self.compiler = xgr.GrammarCompiler(self.info)
-        self._compiled: dict[str, Any] = {}
+        # xgrammar's own cache has no bound by default: ours replaces it
+        self.compiler = xgr.GrammarCompiler(self.info, cache_enabled=False)
+        self._compiled: LRU[Any] = LRU(size)
+        self._held: weakref.WeakValueDictionary[str, Any] = weakref.WeakValueDictionary()
+
+    def compile(self, schema: dict[str, Any]) -> Any:
+        """The compiled grammar of ``schema``; ConfigError (one line) for a schema that cannot
+        be compiled. Safe to call from any thread."""
+        key = json.dumps(schema)  # property order matters: it is the order of the keys
+        compiled = self._compiled.get(key) or self._held.get(key)
+        if compiled is None:
+            try:
+                compiled = self.compiler.compile_json_schema(
+                    key, any_whitespace=False, indent=4, separators=(",", ": ")
+                )
+            except (RuntimeError, ValueError, TypeError) as e:
+                reason = one_line(str(e)) or type(e).__name__
+                raise ConfigError(f"invalid JSON schema: {reason}") from None
+            self._held[key] = compiled
+        self._compiled.put(key, compiled)
+        return compiled
 
     def processor(
         self,
@@ -31,14 +88,9 @@ class GrammarCache:
         max_new_tokens: int,
         min_new_tokens: int = 0,
     ) -> JsonLogitsProcessor:
-        key = json.dumps(schema)  # property order matters: it is the order of the keys
-        if key not in self._compiled:
-            self._compiled[key] = self.compiler.compile_json_schema(
-                key, any_whitespace=False, indent=4, separators=(",", ": ")
-            )
         return JsonLogitsProcessor(
             self._xgr,
-            self._compiled[key],
+            self.compile(schema),
             self.info,
             prefixes,
             max_new_tokens,

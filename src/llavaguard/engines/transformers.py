@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import inspect
 import logging
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -197,6 +198,7 @@ class TransformersEngine(Engine):
         takes = inspect.signature(inner.forward).parameters
         self._cache_kw = "cache" if "cache" in takes else "past_key_values"
         self._grammar_cache: Any = None
+        self._grammar_lock = threading.Lock()
         # batched prefill pays on accelerators only (see score())
         self.capabilities = Capabilities(
             scores=ScoreKind.EXACT, batch_prefill=self.device != "cpu", top_logprobs=True
@@ -294,12 +296,20 @@ class TransformersEngine(Engine):
         ).to(self.device, dtype=self.dtype)
 
     def _grammars(self) -> Any:
-        if self._grammar_cache is None:
-            from llavaguard.engines.constrain import GrammarCache
+        with self._grammar_lock:  # built once, whichever thread asks first
+            if self._grammar_cache is None:
+                from llavaguard.engines.constrain import GrammarCache
 
-            vocab = self.model.get_output_embeddings().weight.shape[0]
-            self._grammar_cache = GrammarCache(self.tokenizer, vocab)
+                vocab = self.model.get_output_embeddings().weight.shape[0]
+                self._grammar_cache = GrammarCache(self.tokenizer, vocab)
         return self._grammar_cache
+
+    def prepare(self, config: GenerationConfig) -> Any:
+        """The compiled grammar of ``config.json_schema`` (None without one), compiled here
+        rather than in the model's thread."""
+        if config.json_schema is None:
+            return None
+        return self._grammars().compile(config.json_schema)
 
     # ---- scores -------------------------------------------------------------------------
     def _continuation_tokens(self, prefix: str, continuations: Sequence[str]) -> list[list[int]]:

@@ -319,14 +319,26 @@ class Guard:
         return request
 
     # ---- generation ------------------------------------------------------------------------
-    def _generate(self, requests: list[VisionRequest], policy: Policy) -> list[str | Exception]:
-        """Answers for a batch; if the batch fails, each request is tried alone."""
-        if not requests:
-            return []
+    def prepare(self, policy: Policy) -> Any:
+        """Compile ahead what judging under ``policy`` needs (its answer grammar, when answers
+        are constrained), in the calling thread: the server does it before queueing, so a new
+        policy holds no batch up. Returns a handle to keep while that work waits."""
+        if self.mode is Mode.TRIAGE:  # no answer is generated
+            return None
+        return self.engine.prepare(self._generation_config(policy))
+
+    def _generation_config(self, policy: Policy) -> GenerationConfig:
         config = self.generation
         if self.constrained:
             schema = policy.answer_schema(self.rationale_max_chars)
             config = config.model_copy(update={"json_schema": schema})
+        return config
+
+    def _generate(self, requests: list[VisionRequest], policy: Policy) -> list[str | Exception]:
+        """Answers for a batch; if the batch fails, each request is tried alone."""
+        if not requests:
+            return []
+        config = self._generation_config(policy)
         return list(generate_isolated(self.engine, requests, config))
 
     # ---- records ---------------------------------------------------------------------------

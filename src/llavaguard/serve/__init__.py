@@ -25,19 +25,35 @@ def create_app(config: ServeConfig | None = None, guard: Any = None) -> Any:
 
 def serve(config: ServeConfig) -> None:
     """Load the model, then answer HTTP until interrupted, with the connection timeouts of
-    ``config`` (``connections``: a deadline for each request's head, idle keep-alive)."""
+    ``config`` (``connections``: a deadline for each request's head, idle keep-alive).
+
+    On SIGTERM the requests waiting for the model are answered 503 at once (as is the one
+    whose batch is running: a forward pass cannot be interrupted, and is not waited for),
+    the others get ``shutdown_timeout`` seconds to finish and are then cancelled.
+    """
     import uvicorn
 
     from llavaguard.serve.connections import timed_protocol
 
-    uvicorn.run(
-        create_app(config),
+    app = create_app(config)
+
+    class Server(uvicorn.Server):
+        async def shutdown(self, sockets: Any = None) -> None:
+            runtime = getattr(app.state, "runtime", None)
+            if runtime is not None:
+                await runtime.stop()
+            await super().shutdown(sockets)
+
+    settings = uvicorn.Config(
+        app,
         host=config.host,
         port=config.port,
         log_level="info",
         http=timed_protocol(config.header_timeout),
         timeout_keep_alive=config.keep_alive_timeout,  # type: ignore[arg-type]
+        timeout_graceful_shutdown=config.shutdown_timeout,  # type: ignore[arg-type]
     )
+    Server(settings).run()
 
 
 __all__ = ["ServeConfig", "create_app", "serve"]

@@ -19,6 +19,7 @@ from starlette.concurrency import run_in_threadpool
 
 from llavaguard import __version__
 from llavaguard.serve.config import ServeConfig
+from llavaguard.serve.disconnect import CancelOnDisconnect
 from llavaguard.serve.edge import Edge
 from llavaguard.serve.errors import install_error_handlers
 from llavaguard.serve.handlers import Handlers
@@ -43,6 +44,7 @@ def create_app(config: ServeConfig | None = None, guard: Guard | None = None) ->
     )
     app.state.config = config
     install_middleware(app, config)
+    app.add_middleware(CancelOnDisconnect)  # outermost: it reads the server's own receive
     install_error_handlers(app)
     app.include_router(router)
     return app

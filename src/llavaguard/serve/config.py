@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from llavaguard.guard.spec import GuardSpec
 
@@ -41,3 +41,24 @@ class ServeConfig(BaseModel):
     keep_alive_timeout: float = Field(
         5.0, gt=0, description="Seconds an idle connection stays open between requests."
     )
+    # resources
+    max_policy_kb: float = Field(256.0, gt=0, description="Largest inline custom policy (JSON).")
+    max_policy_categories: int = Field(100, ge=1, description="Most categories in a policy.")
+    max_image_parts: int = Field(8, ge=1, description="Most images in one request.")
+    max_request_image_mb: float = Field(
+        256.0, gt=0, description="Decoded image memory one request may take (413 beyond)."
+    )
+    max_image_memory_mb: float = Field(
+        1024.0, gt=0, description="Decoded image memory of all requests at once (503 beyond)."
+    )
+    max_schema_kb: float = Field(64.0, gt=0, description="Largest response_format JSON schema.")
+    max_schema_enum: int = Field(1000, ge=1, description="Most enum values in that schema.")
+    shutdown_timeout: float = Field(
+        5.0, ge=0, description="Seconds requests get to finish after SIGTERM; then cancelled."
+    )
+
+    @model_validator(mode="after")
+    def _request_fits_the_server(self) -> ServeConfig:
+        if self.max_request_image_mb > self.max_image_memory_mb:
+            raise ValueError("max_request_image_mb cannot exceed max_image_memory_mb")
+        return self

@@ -8,7 +8,6 @@ shape with a one-line message, so a client parses every failure the same way.
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Sequence
 from typing import Any, TypeVar
 
@@ -18,7 +17,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from llavaguard.errors import EngineError, LlavaGuardError
+from llavaguard.errors import EngineError, LlavaGuardError, one_line
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -35,15 +34,9 @@ class ApiError(Exception):
         self.status, self.message, self.kind = status, message, kind
 
 
-# a C++ library's source location in its messages, e.g. xgrammar's
-# "[23:43:10] /project/cpp/json_schema_converter.cc:5082: ": the server's internals, not the
-# client's business
-SOURCE_LOCATION = re.compile(r"\[[\d:]+\] \S+?\.(?:cc|cpp|h|hpp):\d+: ")
-
-
 def error_response(status: int, message: str, kind: str, **headers: str) -> JSONResponse:
     """The one error shape; the message on one line, without library source locations."""
-    message = SOURCE_LOCATION.sub("", " ".join(message.split()))
+    message = one_line(message)
     body = {"error": {"message": message, "type": kind, "code": status}}
     return JSONResponse(body, status_code=status, headers=headers or None)
 
@@ -65,14 +58,6 @@ def loads(raw: str | bytes, what: str = "the body") -> Any:
         raise ApiError(400, f"{what}: JSON nested too deeply") from None
     except ValueError:
         raise ApiError(400, f"{what} is not valid JSON") from None
-
-
-def grammar_error(e: Exception, where: str = "response_format.json_schema") -> ApiError:
-    """ApiError 400 for a schema the grammar compiler refused, in one line without the
-    compiler's source location."""
-    lines = str(e).strip().splitlines()
-    reason = SOURCE_LOCATION.sub("", lines[0]) if lines else "not a schema the server takes"
-    return ApiError(400, f"{where}: {reason}")
 
 
 def parse(model: type[M], data: Any) -> M:

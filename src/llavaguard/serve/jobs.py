@@ -37,18 +37,30 @@ class AssessJob:
     """
 
     policy: Policy = field(compare=False, repr=False)
+    # what ``Guard.prepare`` compiled for the policy: held while the job waits
+    prepared: Any = field(default=None, compare=False, repr=False)
     policy_id: str = field(init=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "policy_id", self.policy.id)
 
-    def run(self, guard: Guard, payloads: Sequence[tuple[str, Image.Image]]) -> list[Assessment]:
-        return guard.assess(
+    def run(
+        self, guard: Guard, payloads: Sequence[tuple[str, Image.Image]]
+    ) -> list[Assessment | EngineError]:
+        """An assessment the model failed on is that payload's EngineError, so a request's
+        other jobs are dropped rather than run for an answer that is already a failure."""
+        from llavaguard.errors import EngineError
+
+        assessments = guard.assess(
             [image for _, image in payloads],
             policy=self.policy,
             ids=[image_id for image_id, _ in payloads],
             batch_size=len(payloads),
         )
+        return [
+            EngineError(f"the model failed on this image: {a.error}") if a.failed else a
+            for a in assessments
+        ]
 
 
 @dataclass(frozen=True)
@@ -60,6 +72,8 @@ class ChatJob:
     """
 
     config: GenerationConfig = field(compare=False, repr=False)
+    # what ``Engine.prepare`` compiled for the config (a grammar): held while the job waits
+    prepared: Any = field(default=None, compare=False, repr=False)
     options: str = field(init=False)
 
     def __post_init__(self) -> None:

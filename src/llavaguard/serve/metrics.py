@@ -29,6 +29,10 @@ class Metrics:
         self.queue_depth = Gauge(
             "llavaguard_queue_depth", "Requests waiting for the model.", registry=self.registry
         )
+        self.image_memory = Gauge(
+            "llavaguard_image_memory_bytes", "Decoded image memory reserved by requests.",
+            registry=self.registry,
+        )  # fmt: skip
 
     def request(self, route: str, status: int, seconds: float) -> None:
         self.requests.labels(route, str(status)).inc()

@@ -12,14 +12,20 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from llavaguard.errors import EngineError
+from llavaguard.lru import LRU
 from llavaguard.serve.batcher import Batcher, QueueFull
+from llavaguard.serve.budget import MemoryBudget
 from llavaguard.serve.errors import ApiError
 from llavaguard.serve.metrics import Metrics
 
 if TYPE_CHECKING:
     from llavaguard.guard import Guard
+    from llavaguard.policy import Policy
     from llavaguard.serve.config import ServeConfig
     from llavaguard.serve.jobs import Job
+
+
+POLICY_CACHE_SIZE = 32
 
 
 class Runtime:
@@ -35,6 +41,10 @@ class Runtime:
             on_batch=self.metrics.batch,
         )
         self.metrics.queue_depth.set_function(lambda: self.batcher.depth)
+        self.image_memory = MemoryBudget(int(config.max_image_memory_mb * 2**20))
+        self.metrics.image_memory.set_function(lambda: self.image_memory.used)
+        # custom policies rendered for requests that succeeded, by their JSON
+        self.policies: LRU[Policy] = LRU(POLICY_CACHE_SIZE)
 
     def start(self) -> None:
         self.batcher.start()
@@ -47,11 +57,17 @@ class Runtime:
         return job.run(self.guard, payloads)
 
     async def submit(self, job: Job, payload: Any) -> Any:
-        """The answer to one payload, batched with others of an equal job; ApiError 503 when
-        the queue is full, 504 past the request timeout, 502 when the engine failed on it."""
+        """The answer to one payload; see ``submit_many``."""
+        return (await self.submit_many([(job, payload)]))[0]
+
+    async def submit_many(self, work: Sequence[tuple[Job, Any]]) -> list[Any]:
+        """The answers to one request's payloads, each batched with others of an equal job,
+        admitted all at once or not at all; ApiError 503 when the queue cannot take them all,
+        504 past the request timeout, 502 when the engine failed on one (the request's other
+        jobs are then dropped from the queue)."""
         timeout = self.config.request_timeout
         try:
-            return await self.batcher.submit(job, payload, timeout)
+            return await self.batcher.submit_many(work, timeout)
         except QueueFull as e:
             raise ApiError(503, f"server busy: {e}; retry shortly", "server_busy") from None
         except TimeoutError:

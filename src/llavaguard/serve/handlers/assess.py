@@ -1,13 +1,17 @@
 """POST /v1/assess: read the image and the policy (JSON or multipart), judge, answer.
 
 The handler accepts both bodies itself, so the route declares no body parameter; the
-moderation handler reuses ``judge`` so both endpoints batch together under one policy.
+moderation handler reuses ``judge`` so both endpoints batch together under one policy. A
+custom policy is remembered (a bounded cache) only once a request with it has succeeded.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from starlette.concurrency import run_in_threadpool
+
+from llavaguard.errors import ConfigError, PolicyError
 from llavaguard.serve.errors import ApiError, loads, parse
 from llavaguard.serve.handlers.base import Handler
 from llavaguard.serve.jobs import AssessJob
@@ -21,7 +25,8 @@ if TYPE_CHECKING:
     from llavaguard.guard import Assessment
     from llavaguard.policy import Policy
 
-Inputs = tuple["Image.Image", "Policy", str]  # the image, the policy, the image's id
+# the image's file bytes, the policy, the key to remember a custom policy by, the image's id
+Inputs = tuple[bytes, "Policy", str | None, str]
 
 
 class AssessHandler(Handler):
@@ -29,34 +34,43 @@ class AssessHandler(Handler):
         """Judge one image against a policy (the server's default, a built-in one by name, or
         a custom one), with exceptions declared allowed or sensitive."""
         if request.headers.get("content-type", "").startswith("multipart/form-data"):
-            image, policy, image_id = await self._from_form(await request.form())
+            data, policy, key, image_id = await self._from_form(await request.form())
         else:
-            image, policy, image_id = await self._from_json(await request.body())
-        return await self.judge(image, policy, image_id)
+            data, policy, key, image_id = await self._from_json(await request.body())
+        async with self.images([data]) as images:
+            (assessment,) = await self.judge(images, policy, [image_id])
+        self.remember(key, policy)  # only now: a failed request leaves nothing behind
+        return assessment
 
-    async def judge(self, image: Image.Image, policy: Policy, image_id: str) -> Assessment:
-        """One image through the batcher; ApiError 502 when the model never answered."""
-        a = await self.runtime.submit(AssessJob(policy), (image_id, image))
-        if a.failed:
-            raise ApiError(502, f"the model failed on this image: {a.error}", "engine_error")
-        return a
+    async def judge(
+        self, images: list[Image.Image], policy: Policy, ids: list[str]
+    ) -> list[Assessment]:
+        """Images through the batcher, admitted together; the policy's answer grammar is
+        compiled first, in a worker thread. ApiError 502 when the model failed on one."""
+        try:
+            prepared = await run_in_threadpool(self.guard.prepare, policy)
+        except (ConfigError, PolicyError) as e:
+            raise ApiError(400, str(e)) from None
+        job = AssessJob(policy, prepared)
+        return await self.runtime.submit_many([(job, p) for p in zip(ids, images, strict=True)])
 
     async def _from_json(self, raw: bytes) -> Inputs:
-        body = parse(AssessRequest, loads(raw))
+        # parsed in a worker thread: a body of many megabytes would hold up the event loop
+        body = parse(AssessRequest, await run_in_threadpool(loads, raw))
         if (body.image is None) == (body.image_url is None):
             raise ApiError(400, "give exactly one of 'image' (base64) and 'image_url'")
-        policy = self.policy(body.policy, body.allow, body.sensitive)
-        image = await self.image(b64=body.image, url=body.image_url)
-        return image, policy, body.id or "image"
+        policy, key = await self.policy(body.policy, body.allow, body.sensitive)
+        image = await self.image_bytes(b64=body.image, url=body.image_url)
+        return image, policy, key, body.id or "image"
 
     async def _from_form(self, form: FormData) -> Inputs:
         upload = form.get("image")
         if upload is None or isinstance(upload, str):
             raise ApiError(400, "multipart upload needs a file field 'image'")
-        policy = self.policy(_policy_field(_text(form, "policy")), _text(form, "allow"),
-                             _text(form, "sensitive"))  # fmt: skip
-        image = await self.image(data=await upload.read())
-        return image, policy, str(_text(form, "id") or upload.filename or "image")
+        policy, key = await self.policy(_policy_field(_text(form, "policy")),
+                                        _text(form, "allow"), _text(form, "sensitive"))  # fmt: skip
+        image = await self.image_bytes(data=await upload.read())
+        return image, policy, key, str(_text(form, "id") or upload.filename or "image")
 
 
 def _text(form: FormData, name: str) -> str | None:

@@ -8,15 +8,16 @@ text, optionally a final assistant message to continue (vLLM's ``continue_final_
 
 from __future__ import annotations
 
-import json
 import time
 import uuid
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
-from llavaguard.serve.errors import ApiError, grammar_error
+from llavaguard.errors import ConfigError
+from llavaguard.serve.errors import ApiError
 from llavaguard.serve.handlers.base import Handler
 from llavaguard.serve.jobs import ChatJob, TopLogprobsJob
 from llavaguard.serve.protocol.chat import (
@@ -41,20 +42,40 @@ class ChatHandler(Handler):
         if body.stream:
             raise ApiError(400, "streaming is not supported")
         config = self._generation_config(body)
-        if config.json_schema is not None:
-            await run_in_threadpool(check_schema, config.json_schema)
-        request = await self._vision_request(body)
-        logprobs = None
-        if body.logprobs and (body.top_logprobs or 0) > 0 and config.max_new_tokens == 1:
-            text, logprobs = await self._top_logprobs(request, body.top_logprobs)
-        else:
-            text = await self.runtime.submit(ChatJob(config), request)
+        prepared = await self._prepare(config)
+        turn, files = await self._turn(body)
+        async with self.images(files) as images:
+            request = replace(turn, images=tuple(images))
+            logprobs = None
+            if body.logprobs and (body.top_logprobs or 0) > 0 and config.max_new_tokens == 1:
+                text, logprobs = await self._top_logprobs(request, body.top_logprobs)
+            else:
+                text = await self.runtime.submit(ChatJob(config, prepared), request)
         return ChatCompletionResponse(
             id=f"chatcmpl-{uuid.uuid4().hex}",
             created=int(time.time()),
             model=self.guard.engine.model_id,
             choices=[ChatChoice(logprobs=logprobs, message=AssistantMessage(content=text))],
         )
+
+    async def _prepare(self, config: GenerationConfig) -> Any:
+        """The response schema checked against the size limits and compiled, in a worker
+        thread (compiling grows with the schema) before anything is queued: the model thread
+        then finds the grammar ready. ApiError 400 for a schema too large or invalid."""
+        if config.json_schema is None:
+            return None
+
+        def check_and_compile() -> Any:
+            from llavaguard.engines.constrain import check_schema_size
+
+            limit = int(self.config.max_schema_kb * 1024)
+            check_schema_size(config.json_schema, limit, self.config.max_schema_enum)
+            return self.guard.engine.prepare(config)
+
+        try:
+            return await run_in_threadpool(check_and_compile)
+        except ConfigError as e:
+            raise ApiError(400, f"response_format: {e}") from None
 
     async def _top_logprobs(self, request: VisionRequest, k: int) -> tuple[str, ChoiceLogprobs]:
         """The most likely next token, with the ``k`` best as OpenAI reports them."""
@@ -68,9 +89,10 @@ class ChatHandler(Handler):
         )
         return token, ChoiceLogprobs(content=[content])
 
-    async def _vision_request(self, body: ChatRequest) -> VisionRequest:
-        """One user turn (images, then text), an optional system prompt and an optional final
-        assistant message to continue."""
+    async def _turn(self, body: ChatRequest) -> tuple[VisionRequest, list[bytes]]:
+        """One user turn (its text; its images' file bytes, decoded later within the memory
+        budget), an optional system prompt and an optional final assistant message to
+        continue."""
         from llavaguard.engines import VisionRequest
 
         system = [m for m in body.messages if m.role in SYSTEM_ROLES]
@@ -84,13 +106,15 @@ class ChatHandler(Handler):
         content = turns[0].content
         parts = [content] if isinstance(content, str) else content or []
         texts = [p if isinstance(p, str) else p.text or "" for p in parts if _is_text(p)]
-        images = [await self.image(url=p.image_url.url) for p in parts if _is_image(p)]
-        return VisionRequest(
+        urls = [p.image_url.url for p in parts if _is_image(p)]
+        self.check_parts(len(urls))
+        files = [await self.image_bytes(url=url) for url in urls]
+        request = VisionRequest(
             text="\n".join(texts),
-            images=tuple(images),
             system="\n".join(m.text for m in system) or None,
             prefix=prefix,
         )
+        return request, files
 
     def _generation_config(self, body: ChatRequest) -> GenerationConfig:
         """OpenAI's sampling fields as decoding options; the server's defaults fill the rest."""
@@ -118,18 +142,6 @@ def _is_text(part: str | ContentPart) -> bool:
 
 def _is_image(part: str | ContentPart) -> bool:
     return not _is_text(part) and part.image_url is not None
-
-
-def check_schema(schema: dict[str, Any]) -> None:
-    """ApiError 400 unless the grammar compiler takes ``schema`` (its conversion only, in
-    milliseconds for the sizes the protocol allows; compiling it for the tokenizer comes
-    later): a bad schema is the client's error, not the model's."""
-    import xgrammar as xgr
-
-    try:
-        xgr.Grammar.from_json_schema(json.dumps(schema), any_whitespace=False)
-    except Exception as e:  # xgrammar raises RuntimeError; anything it raises means "no"
-        raise grammar_error(e) from None
 
 
 def response_schema(response_format: dict[str, Any] | None) -> dict[str, Any] | None:

@@ -2,12 +2,12 @@
 
 One result per image part, judged under the server's policy through the assess handler (so
 moderation and assess requests batch together); OpenAI's fields are derived from each
-assessment, which each result also carries in full.
+assessment, which each result also carries in full. A request's images are admitted whole or
+not at all (parts, memory, queue), and a failure on one drops the others' queued work.
 """
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from typing import TYPE_CHECKING
 
@@ -36,11 +36,12 @@ class ModerationHandler(Handler):
         urls = [p.image_url.url for p in parts if not isinstance(p, str) and p.image_url]
         if not urls:
             raise ApiError(400, "llavaguard moderates images: give image_url input parts")
-        policy = self.policy()
-        images = [await self.image(url=u) for u in urls]
-        assessments = await asyncio.gather(
-            *(self.assess.judge(image, policy, f"input-{i}") for i, image in enumerate(images))
-        )
+        self.check_parts(len(urls))
+        policy, _ = await self.policy()
+        files = [await self.image_bytes(url=u) for u in urls]
+        async with self.images(files) as images:  # admitted whole, or refused whole
+            ids = [f"input-{i}" for i in range(len(images))]
+            assessments = await self.assess.judge(images, policy, ids)
         return ModerationResponse(
             id=f"modr-{uuid.uuid4().hex}",
             model=self.guard.engine.model_id,
