@@ -3,7 +3,6 @@ need (what the remote engine and the official client send), plus vLLM's extensio
 
 from __future__ import annotations
 
-import json
 from typing import Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -11,7 +10,6 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 # A response_format schema is compiled into a grammar for the model: a bounded one, so a
 # request cannot make the compiler (or the JSON encoder) recurse or work without end.
 MAX_SCHEMA_DEPTH = 64  # nested JSON objects and arrays (a schema object takes 2 a level)
-MAX_SCHEMA_BYTES = 64 * 1024  # as JSON text
 SEED_RANGE = (-(2**63), 2**63 - 1)  # a signed 64-bit integer, what engines take (vLLM too)
 
 
@@ -67,22 +65,15 @@ class ChatRequest(BaseModel):
     @field_validator("response_format")
     @classmethod
     def _bounded_schema(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
-        """A ``json_schema`` nested at most ``MAX_SCHEMA_DEPTH`` deep and at most
-        ``MAX_SCHEMA_BYTES`` long (whether the grammar compiler takes it is the handler's
-        check, off the event loop)."""
+        """A ``json_schema`` nested at most ``MAX_SCHEMA_DEPTH`` deep, so measuring it cannot
+        recurse past Python's limit (its size against ``--max-schema-kb`` and whether the
+        grammar compiler takes it are the handler's checks, off the event loop)."""
         spec = (value or {}).get("json_schema")
         schema = spec.get("schema") if isinstance(spec, dict) else None
         if not isinstance(schema, dict | list):
             return value
-        deep = f"the schema is nested deeper than {MAX_SCHEMA_DEPTH} levels"
-        try:  # the length first: C-fast, and it bounds the walk that measures the depth
-            length = len(json.dumps(schema))
-        except RecursionError:
-            raise ValueError(deep) from None
-        if length > MAX_SCHEMA_BYTES:
-            raise ValueError(f"the schema is longer than {MAX_SCHEMA_BYTES // 1024} KB as JSON")
         if nesting(schema) > MAX_SCHEMA_DEPTH:
-            raise ValueError(deep)
+            raise ValueError(f"the schema is nested deeper than {MAX_SCHEMA_DEPTH} levels")
         return value
 
 
