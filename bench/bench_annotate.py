@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import random
 import resource
 import statistics
@@ -29,6 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_speed import CACHE, model_dir
+from common import run_record
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -167,13 +167,7 @@ def main() -> None:
     ov = overhead(pool, model, args, args.overhead_images)
     print(f"overhead over engine time: {100 * ov['overhead']:.1f}%", flush=True)
     doc = {
-        "command": "python " + " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
-        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
-        "machine": {
-            "cpu": platform.machine(),
-            "cores": os.cpu_count(),
-            "python": platform.python_version(),
-        },
+        **run_record(),
         "model": "llava-onevision tiny (random weights)",
         "mode": args.mode,
         "batch_size": args.batch_size,

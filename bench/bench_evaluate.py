@@ -20,13 +20,14 @@ import argparse
 import csv
 import json
 import os
-import platform
 import random
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from common import run_record
 
 ROOT = Path(__file__).resolve().parents[1]
 CODES = [f"O{i}" for i in range(1, 10)]
@@ -87,13 +88,7 @@ def main() -> None:
         result = run(labels, preds, Path(tmp) / "report", args.bootstrap)
     print(f"{args.rows} rows: {result['seconds']:.1f} s, peak RSS {result['peak_rss_mb']} MB")
     doc = {
-        "command": "python " + " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
-        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
-        "machine": {
-            "cpu": platform.machine(),
-            "cores": os.cpu_count(),
-            "python": platform.python_version(),
-        },
+        **run_record(),
         "rows": args.rows,
         "bootstrap": args.bootstrap,
         "load_average_before": os.getloadavg()[0],

@@ -15,28 +15,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
-import sys
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from common import run_record
+
 ROOT = Path(__file__).resolve().parents[1]
-# The CPU features that matter to this project's engines (bf16 matmuls) and to comparing runs.
-FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "neon", "asimd")
-
-
-def cpu_flags() -> list[str]:
-    """The FLAGS this CPU has, as /proc/cpuinfo lists them (empty where there is none)."""
-    try:
-        text = Path("/proc/cpuinfo").read_text(encoding="utf-8")
-    except OSError:
-        return []
-    words = set(text.replace(":", " ").split())
-    return [f for f in FLAGS if f in words]
 
 
 def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
@@ -102,14 +89,7 @@ def main() -> None:
         rows.append(run(n, not args.no_yaml))
         print(json.dumps(rows[-1]), flush=True)
     doc = {
-        "command": "python " + " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
-        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
-        "machine": {
-            "cpu": platform.processor() or platform.machine(),
-            "cores": os.cpu_count(),
-            "cpu_flags": cpu_flags(),
-            "python": platform.python_version(),
-        },
+        **run_record(),
         "runs": rows,
     }
     args.out.write_text(json.dumps(doc, indent=2) + "\n")

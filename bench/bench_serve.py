@@ -17,8 +17,6 @@ from __future__ import annotations
 import argparse
 import base64
 import json
-import os
-import platform
 import socket
 import statistics
 import subprocess
@@ -31,6 +29,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_speed import model_dir, photo_paths
+from common import run_record
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -141,13 +140,7 @@ def main() -> None:
             f" p99 {r['p99_seconds']:.2f}s batch {r['mean_batch_size'] or 0:.1f}" for r in runs)
             + f"; speed-up {results[mode]['speedup']:.2f}x", flush=True)  # fmt: skip
     doc = {
-        "command": "python " + " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
-        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
-        "machine": {
-            "cpu": platform.machine(),
-            "cores": os.cpu_count(),
-            "python": platform.python_version(),
-        },
+        **run_record(),
         "model": f"llava-onevision {args.size} (random weights)",
         "images": [Path(p).name for p in photos],
         "settings": {

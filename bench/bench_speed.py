@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -25,6 +23,8 @@ import sys
 import time
 from importlib import resources
 from pathlib import Path
+
+from common import run_record
 
 ROOT = Path(__file__).resolve().parents[1]
 CACHE = ROOT / "bench" / ".cache"
@@ -170,13 +170,7 @@ def main() -> None:
             "images": len(a),
         }
     doc = {
-        "command": "python bench/bench_speed.py " + " ".join(sys.argv[1:]),
-        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
-        "machine": {
-            "cpu": platform.processor() or platform.machine(),
-            "cores": os.cpu_count(),
-            "python": platform.python_version(),
-        },
+        **run_record(),
         "model": f"llava-onevision {args.size} (random weights)",
         "images": [Path(p).name for p in images],
         "tokens": args.tokens,
