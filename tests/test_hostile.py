@@ -483,4 +483,6 @@ def test_server_stayed_within_its_budget(server):
     assert not monitor.failures, monitor.failures[:5]
     assert monitor.peak_mb - monitor.idle_mb <= RSS_BUDGET_MB, (monitor.idle_mb, monitor.peak_mb)
     slowest = max(monitor.health)
+    print(f"\nhostile run: RSS idle {monitor.idle_mb:.0f} MB, peak {monitor.peak_mb:.0f} MB; "
+          f"/health {len(monitor.health)} probes, slowest {slowest * 1000:.0f} ms")  # fmt: skip
     assert slowest <= HEALTH_BUDGET_S, f"/health took {slowest * 1000:.0f} ms"
