@@ -202,16 +202,6 @@ def _saved(path: Path) -> dict:
     return load_file(path / "model.safetensors")
 
 
-def _head_sizes(config) -> set[int]:
-    """Attention head widths of the text model and the vision tower."""
-    text, vision = config.get_text_config(), config.vision_config
-    vision_heads = getattr(vision, "num_attention_heads", None) or vision.num_heads
-    return {
-        text.hidden_size // text.num_attention_heads,
-        vision.hidden_size // vision_heads,
-    }
-
-
 def _check_hub_layout(family: str, path: Path, scratch: Path) -> None:
     """Saved names are the hub's; stock ``from_pretrained`` (a user's hub download) finds every
     weight, and a save of what it loaded writes the same tensors under the same names."""
@@ -230,8 +220,10 @@ def _check_hub_layout(family: str, path: Path, scratch: Path) -> None:
     again = _saved(scratch)
     assert again.keys() == saved.keys()
     assert all(torch.equal(again[k], saved[k]) for k in saved)  # loaded, not re-initialised
-    # vLLM's CPU attention supports heads 32 and 64 wide (it refused 16)
-    assert _head_sizes(model.config) == {32}
+    # vLLM's CPU attention supports heads 32 and 64 wide (it refused 16); its vision towers
+    # run with PyTorch's SDPA, which takes any width
+    text = model.config.get_text_config()
+    assert text.hidden_size // text.num_attention_heads == 32
 
 
 def test_hub_layout_and_vllm_head_size(built, tmp_path):

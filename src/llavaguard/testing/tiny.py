@@ -77,10 +77,10 @@ _SPECIALS = {
     "llava": ["<unk>", "<s>", "</s>", "<pad>", "<image>"],
 }  # fmt: skip
 
-# Attention heads are 32 wide everywhere (text and vision): vLLM's CPU attention supports
-# head sizes of 32 and up (it refused 16), and 32 keeps the models small. One KV head for two
-# query heads keeps the grouped-query attention the real Qwen2 / Llama models use.
-_HEAD = 32
+# The language models' attention heads are 32 wide: vLLM's CPU attention supports head sizes
+# of 32 and 64 (it refused 16), and 32 keeps the models small. One KV head for two query heads
+# keeps the grouped-query attention of the real Qwen2 models. Vision towers keep two 16-wide
+# heads: vLLM runs them with PyTorch's SDPA, which takes any head size.
 _TEXT = dict(
     hidden_size=64,
     intermediate_size=128,
@@ -244,9 +244,8 @@ def _onevision(tokenizer: Any, *, small: bool = False) -> tuple[Any, Any]:
     # The grid lives in both the processor and the model config; they must agree, or the
     # image-token count and the image-feature count differ.
     pinpoints = [[32, 32], [32, 64], [64, 32], [64, 64]]
-    width = 64 if small else 32
-    vision = dict(hidden_size=width, intermediate_size=2 * width, num_hidden_layers=2,
-                  num_attention_heads=width // _HEAD)  # fmt: skip
+    vision = dict(hidden_size=64 if small else 32, intermediate_size=128 if small else 64,
+                  num_hidden_layers=2, num_attention_heads=2)  # fmt: skip
     text = dict(vocab_size=len(tokenizer), **(_SMALL if small else _TEXT))
     return _onevision_of(tokenizer, tile=32, patch=8, pinpoints=pinpoints, vision=vision,
                          text=text)  # fmt: skip
@@ -335,7 +334,7 @@ def _llava(tokenizer: Any) -> tuple[Any, Any]:
             hidden_size=32,
             intermediate_size=64,
             num_hidden_layers=2,
-            num_attention_heads=1,  # 32 wide
+            num_attention_heads=2,
             image_size=image,
             patch_size=patch,
             projection_dim=32,
@@ -389,7 +388,7 @@ def _qwen25vl(tokenizer: Any) -> tuple[Any, Any]:
             depth=2,
             hidden_size=32,
             intermediate_size=64,
-            num_heads=1,  # 32 wide
+            num_heads=2,
             patch_size=14,
             spatial_merge_size=2,
             temporal_patch_size=2,
