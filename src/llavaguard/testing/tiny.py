@@ -213,10 +213,10 @@ def _as_loaded_from_hub(model: Any) -> None:
     the renamings a loaded model used when it saves. A model built from scratch has no record
     of what was used, so transformers drops the prefix changes from the reverse mapping: the
     LLaVA / LLaVA-OneVision vision tower would be saved as ``vision_tower.embeddings...``
-    instead of the hub's ``vision_tower.vision_model.embeddings...``, which vLLM (and older
-    transformers) refuse. Recording the model's whole mapping as used, as ``from_pretrained``
-    does for a hub download, makes the save revert all of it. tests/test_testing_models.py
-    checks the saved names and a clean reload.
+    instead of the hub's ``vision_tower.vision_model.embeddings...``, which vLLM refuses.
+    Recording the model's whole mapping as used (transformers' own ``_weight_conversions``,
+    which ``from_pretrained`` sets for a hub download) makes the save revert all of it, with
+    no renaming here. tests/test_testing_models.py checks the saved names and a clean reload.
     """
     from transformers.conversion_mapping import get_model_conversion_mapping
 
