@@ -32,6 +32,56 @@ EXPECTED = {
 }
 
 
+# The key names of the released hub checkpoints (llava-hf/llava-1.5-7b-hf,
+# llava-hf/llava-onevision-qwen2-0.5b-ov-hf and LlavaGuard-v1.2-0.5B-OV-hf, Qwen/Qwen2.5-VL-*),
+# which vLLM's model classes load: every saved key starts with one of these prefixes, and the
+# listed keys are present. transformers 5 names the same weights differently inside the model.
+_LLAVA_PREFIXES = (
+    "language_model.model.",
+    "language_model.lm_head.",
+    "multi_modal_projector.",
+    "vision_tower.vision_model.",
+)
+HUB_LAYOUT = {
+    "llava": (
+        _LLAVA_PREFIXES,
+        {
+            "vision_tower.vision_model.embeddings.class_embedding",
+            "vision_tower.vision_model.embeddings.patch_embedding.weight",
+            "vision_tower.vision_model.pre_layrnorm.weight",
+            "vision_tower.vision_model.encoder.layers.0.self_attn.q_proj.weight",
+            "multi_modal_projector.linear_1.weight",
+            "language_model.model.embed_tokens.weight",
+            "language_model.model.layers.0.self_attn.q_proj.weight",
+            "language_model.lm_head.weight",
+        },
+    ),
+    "llava-onevision": (
+        (*_LLAVA_PREFIXES, "image_newline"),
+        {
+            "image_newline",
+            "vision_tower.vision_model.embeddings.patch_embedding.weight",
+            "vision_tower.vision_model.encoder.layers.0.self_attn.q_proj.weight",
+            "vision_tower.vision_model.post_layernorm.weight",
+            "multi_modal_projector.linear_1.weight",
+            "language_model.model.embed_tokens.weight",
+            "language_model.model.layers.0.self_attn.q_proj.weight",
+        },
+    ),
+    "qwen2.5-vl": (
+        ("model.embed_tokens.", "model.layers.", "model.norm.", "lm_head.", "visual."),
+        {
+            "visual.patch_embed.proj.weight",
+            "visual.blocks.0.attn.qkv.weight",
+            "visual.merger.mlp.0.weight",
+            "model.embed_tokens.weight",
+            "model.layers.0.self_attn.q_proj.weight",
+            "model.norm.weight",
+        },
+    ),
+}
+
+
 def _policy_text(n_chars: int) -> str:
     """A few hundred characters of real policy text, taken from the packaged taxonomy."""
     raw = resources.files("llavaguard.policy").joinpath("llavaguard-v1.2.json").read_text("utf-8")
@@ -144,3 +194,43 @@ def test_sample_images(tmp_path):
 def test_real_size_only_for_onevision():
     with pytest.raises(ConfigError, match=r"0\.5b for llava-onevision"):
         build_tiny_model("/nonexistent", "llava", size="0.5b")
+
+
+def _saved(path: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(path / "model.safetensors")
+
+
+def _check_hub_layout(family: str, path: Path, scratch: Path) -> None:
+    """Saved names are the hub's; stock ``from_pretrained`` (a user's hub download) finds every
+    weight, and a save of what it loaded writes the same tensors under the same names."""
+    import torch
+    from transformers import AutoModelForImageTextToText
+
+    prefixes, required = HUB_LAYOUT[family]
+    saved = _saved(path)
+    assert [k for k in saved if not k.startswith(prefixes)] == []
+    assert required - saved.keys() == set()
+
+    model, info = AutoModelForImageTextToText.from_pretrained(path, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"], info
+    assert not info["mismatched_keys"], info
+    model.save_pretrained(scratch)
+    again = _saved(scratch)
+    assert again.keys() == saved.keys()
+    assert all(torch.equal(again[k], saved[k]) for k in saved)  # loaded, not re-initialised
+    # vLLM's CPU attention supports heads 32 and 64 wide (it refused 16); its vision towers
+    # run with PyTorch's SDPA, which takes any width
+    text = model.config.get_text_config()
+    assert text.hidden_size // text.num_attention_heads == 32
+
+
+def test_hub_layout_and_vllm_head_size(built, tmp_path):
+    family, path = built
+    _check_hub_layout(family, path, tmp_path / "resaved")
+
+
+def test_small_size_hub_layout(tmp_path):
+    path = build_tiny_model(tmp_path / "small", "llava-onevision", size="small")
+    _check_hub_layout("llava-onevision", path, tmp_path / "resaved")

@@ -25,7 +25,7 @@ def tiny_model(
         "LlavaGuard-0.5B architecture, for timing.",
     ),
 ) -> None:
-    """Build a tiny, randomly initialised model that stock transformers loads."""
+    """Build a tiny, randomly initialised model that stock transformers and vLLM load."""
     from llavaguard.testing import build_tiny_model
 
     path = build_tiny_model(out, family, seed=seed, size=size)

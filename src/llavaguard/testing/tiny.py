@@ -77,18 +77,25 @@ _SPECIALS = {
     "llava": ["<unk>", "<s>", "</s>", "<pad>", "<image>"],
 }  # fmt: skip
 
+# The language models' attention heads are 32 wide: vLLM's CPU attention supports head sizes
+# of 32 and 64 (it refused 16), and 32 keeps the models small. One KV head for two query heads
+# keeps the grouped-query attention of the real Qwen2 models. Vision towers keep two 16-wide
+# heads: vLLM runs them with PyTorch's SDPA, which takes any head size.
 _TEXT = dict(
     hidden_size=64,
     intermediate_size=128,
     num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=2,
+    num_attention_heads=2,
+    num_key_value_heads=1,
     max_position_embeddings=8192,
 )
 
 
 # "small": still seconds per step on a CPU, with room to learn a task (the synthetic benchmark)
-_SMALL = dict(_TEXT, hidden_size=128, intermediate_size=256, num_hidden_layers=4)
+_SMALL = dict(
+    _TEXT, hidden_size=128, intermediate_size=256, num_hidden_layers=4, num_attention_heads=4,
+    num_key_value_heads=2,
+)  # fmt: skip
 
 
 def _corpus() -> list[str]:
@@ -193,9 +200,27 @@ def build_tiny_model(
     for cfg in (model.generation_config, model.config, model.config.get_text_config()):
         for key, value in ids.items():  # keep every id inside the tiny vocabulary
             setattr(cfg, key, value)
+    _as_loaded_from_hub(model)
     _quietly(model.save_pretrained, out)
     processor.save_pretrained(out)
     return out
+
+
+def _as_loaded_from_hub(model: Any) -> None:
+    """Make ``save_pretrained`` write the released hub checkpoints' key names.
+
+    transformers 5 renames hub keys on load (its checkpoint conversion mapping) and reverts
+    the renamings a loaded model used when it saves. A model built from scratch has no record
+    of what was used, so transformers drops the prefix changes from the reverse mapping: the
+    LLaVA / LLaVA-OneVision vision tower would be saved as ``vision_tower.embeddings...``
+    instead of the hub's ``vision_tower.vision_model.embeddings...``, which vLLM refuses.
+    Recording the model's whole mapping as used (transformers' own ``_weight_conversions``,
+    which ``from_pretrained`` sets for a hub download) makes the save revert all of it, with
+    no renaming here. tests/test_testing_models.py checks the saved names and a clean reload.
+    """
+    from transformers.conversion_mapping import get_model_conversion_mapping
+
+    model._weight_conversions = get_model_conversion_mapping(model, add_legacy=False)
 
 
 def _quietly(save: Any, out: Path) -> None:
@@ -346,7 +371,7 @@ def _qwen25vl(tokenizer: Any) -> tuple[Any, Any]:
         tokenizer, "<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>"
     )
     head_dim = _TEXT["hidden_size"] // _TEXT["num_attention_heads"]
-    section = [2, 3, 3]  # temporal, height, width; must sum to half the head size
+    section = [4, 6, 6]  # temporal, height, width; must sum to half the head size
     assert sum(section) * 2 == head_dim
     config = Qwen2_5_VLConfig(
         text_config=dict(
