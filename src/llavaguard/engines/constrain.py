@@ -13,10 +13,12 @@ import json
 import weakref
 from typing import Any
 
-from llavaguard.errors import ConfigError, one_line
+from llavaguard.errors import ConfigError, EngineError, one_line
 from llavaguard.lru import LRU
 
 GRAMMAR_CACHE_SIZE = 32  # compiled grammars kept; each is up to a few MB for a large vocabulary
+# the trained answer layout, json.dumps(..., indent=4): no whitespace left to the model
+LAYOUT: dict[str, Any] = {"any_whitespace": False, "indent": 4, "separators": (",", ": ")}
 
 
 def check_schema_size(schema: dict[str, Any], max_bytes: int, max_enum_values: int) -> None:
@@ -42,6 +44,67 @@ def check_schema_size(schema: dict[str, Any], max_bytes: int, max_enum_values: i
         raise ConfigError(
             f"JSON schema with {values} enum values; this server takes at most {max_enum_values}"
         )
+
+
+def json_ebnf(schema: dict[str, Any]) -> str:
+    """The schema's grammar as EBNF text, in the trained layout: what a vLLM server takes as
+    ``structured_outputs.grammar`` (its own JSON-schema option would let whitespace run on
+    or lay the answer out unlike the training targets). ConfigError for a bad schema."""
+    import xgrammar as xgr
+
+    try:
+        return str(xgr.Grammar.from_json_schema(json.dumps(schema), **LAYOUT))
+    except (RuntimeError, ValueError, TypeError) as e:
+        reason = one_line(str(e)) or type(e).__name__
+        raise ConfigError(f"invalid JSON schema: {reason}") from None
+
+
+def pin_prefix(schema: dict[str, Any], prefix: str) -> dict[str, Any]:
+    """The schema with the properties a forced answer prefix has written pinned to their
+    values, for servers whose grammars cannot start after a prefix: generating under it
+    writes the prefix first, then goes on where the prefix stops.
+
+    ``prefix`` must be the trained layout of an object up to the opening quote of a string
+    property's value (what ``answer_prefix(rating, category)`` gives); EngineError otherwise.
+    """
+    try:
+        written = json.loads(prefix + '"\n}')
+    except ValueError:
+        written = None
+    props = schema.get("properties") if isinstance(schema, dict) else None
+    if (
+        not isinstance(written, dict)
+        or not written
+        or list(written.values())[-1] != ""
+        or json.dumps(written, indent=4) != prefix + '"\n}'
+        or not isinstance(props, dict)
+        or list(props)[: len(written)] != list(written)
+    ):
+        raise EngineError("cannot pin this answer prefix to the answer schema")
+    pinned = {**schema, "properties": dict(props)}
+    for name in list(written)[:-1]:
+        pinned["properties"][name] = {"enum": [written[name]]}
+    return pinned
+
+
+def fit_strings(schema: dict[str, Any], max_tokens: int) -> dict[str, Any]:
+    """The schema with its free strings (no enum) capped so that the whole answer fits in
+    ``max_tokens`` tokens at one character a token or more: a server stops at the token
+    limit, and a cut answer is no answer. Only a flat object's strings are capped."""
+    props = schema.get("properties") if isinstance(schema, dict) else None
+    if not isinstance(props, dict):
+        return schema
+    free = [k for k, v in props.items() if v.get("type") == "string" and "enum" not in v]
+    fixed = {k: max(map(str, v.get("enum", [""])), key=len) for k, v in props.items()}
+    room = max_tokens - len(json.dumps({**fixed, **dict.fromkeys(free, "")}, indent=4)) - 4
+    if not free or room <= 0:
+        return schema
+    capped = {**schema, "properties": dict(props)}
+    for k in free:
+        limit = room // len(free)
+        current = props[k].get("maxLength")
+        capped["properties"][k] = {**props[k], "maxLength": min(current or limit, limit)}
+    return capped
 
 
 class GrammarCache:
@@ -71,9 +134,7 @@ class GrammarCache:
         compiled = self._compiled.get(key) or self._held.get(key)
         if compiled is None:
             try:
-                compiled = self.compiler.compile_json_schema(
-                    key, any_whitespace=False, indent=4, separators=(",", ": ")
-                )
+                compiled = self.compiler.compile_json_schema(key, **LAYOUT)
             except (RuntimeError, ValueError, TypeError) as e:
                 reason = one_line(str(e)) or type(e).__name__
                 raise ConfigError(f"invalid JSON schema: {reason}") from None
