@@ -101,13 +101,14 @@ def overhead(images: Path, model: Path, args: argparse.Namespace, n: int) -> dic
 
     from llavaguard.annotate import AnnotateConfig, annotate
     from llavaguard.engines import GenerationConfig
+    from llavaguard.guard.core import Guard
     from llavaguard.guard.spec import GuardSpec
     from llavaguard.inputs.images import load_image
 
     spec = GuardSpec(
         model=str(model), mode=args.mode, generation=GenerationConfig(max_new_tokens=args.tokens)
     )
-    guard = spec.build()
+    guard = Guard.from_spec(spec)
     files = sorted(images.glob("*.jpg"))[:n]
     subset = CACHE / f"overhead-{n}"
     if not subset.exists():

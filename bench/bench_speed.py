@@ -58,15 +58,15 @@ def worker(spec: dict) -> dict:
     """Run one configuration over the images; report seconds per image and peak memory."""
     import torch
 
-    from llavaguard import GuardSpec
+    from llavaguard import Guard, GuardSpec
     from llavaguard.engines import GenerationConfig
 
     cfg = dict(spec["config"])
     generation = GenerationConfig(**cfg.pop("generation", {}))
     started = time.perf_counter()
     options = {"device": "cpu", "dtype": cfg.pop("dtype")}
-    guard = GuardSpec(model=spec["model"], engine_options=options, generation=generation,
-                      **cfg).build()  # fmt: skip
+    guard = Guard.from_spec(GuardSpec(model=spec["model"], engine_options=options,
+                                      generation=generation, **cfg))  # fmt: skip
     load_s = time.perf_counter() - started
     images = spec["images"]
     engine = guard.engine

@@ -128,7 +128,7 @@ def test_bad_files_get_records_and_exit_1(tiny_model, photos, tmp_path):
 
 @pytest.mark.slow
 def test_python_api_matches_cli(tiny_model, photos, tmp_path):
-    from llavaguard import GuardSpec
+    from llavaguard import Guard, GuardSpec
     from llavaguard.engines import GenerationConfig
 
     files = sorted(str(p) for p in photos.glob("*.*") if p.suffix != ".txt")
@@ -137,7 +137,9 @@ def test_python_api_matches_cli(tiny_model, photos, tmp_path):
         "assess", *files, "--model", str(tiny_model), "--max-new-tokens", "16", "-o", str(out)
     )
     assert res.returncode == 0, res.stderr
-    guard = GuardSpec(model=str(tiny_model), generation=GenerationConfig(max_new_tokens=16)).build()
+    guard = Guard.from_spec(
+        GuardSpec(model=str(tiny_model), generation=GenerationConfig(max_new_tokens=16))
+    )
     api = guard.assess(files, batch_size=4)
     from_cli = read_jsonl(out)
     assert [a.model_dump(mode="json") for a in api] == from_cli
@@ -179,13 +181,13 @@ def test_decoding_options_and_dtype(tiny_models, photos):
     model = tiny_models("qwen2.5-vl")
     files = sorted(str(p) for p in photos.glob("*.jpg"))
     sampled = GenerationConfig(max_new_tokens=12, temperature=0.9, top_p=0.95, top_k=50, seed=7)
-    guard = GuardSpec(model=str(model), generation=sampled).build()
+    guard = Guard.from_spec(GuardSpec(model=str(model), generation=sampled))
     first = [a.raw for a in guard.assess(files)]
     assert [a.raw for a in guard.assess(files)] == first
     beams = Guard(guard.engine, generation=GenerationConfig(max_new_tokens=12, num_beams=2),
                   constrained=False)  # fmt: skip
     assert all(isinstance(a.raw, str) for a in beams.assess(files))
     bf16_cpu = {"dtype": "bfloat16", "device": "cpu"}
-    bf16 = GuardSpec(model=str(model), engine_options=bf16_cpu).build()
+    bf16 = Guard.from_spec(GuardSpec(model=str(model), engine_options=bf16_cpu))
     assert str(bf16.engine.dtype) == "torch.bfloat16"
     assert isinstance(bf16.assess(files[0]).raw, str)

@@ -219,10 +219,10 @@ def test_remote_engine_matches_the_local_engine(setup, tmp_path):
                   "-o", str(out))  # fmt: skip
     assert res.returncode == 0, res.stderr
     remote = [json.loads(line) for line in out.read_text().splitlines()]
-    local_guard = GuardSpec(
+    local_guard = Guard.from_spec(GuardSpec(
         model=str(setup["model"]), generation=GenerationConfig(max_new_tokens=80),
         engine_options={"dtype": "float32", "device": "cpu"},
-    ).build()  # fmt: skip
+    ))  # fmt: skip
     unforced = Guard(local_guard.engine, generation=GenerationConfig(max_new_tokens=80),
                      scores=False)  # fmt: skip
     local = unforced.assess(photos)

@@ -242,11 +242,9 @@ def test_decoded_size_is_read_from_the_header():
 
 @pytest.fixture(scope="module")
 def guard(tiny):
-    from llavaguard.engines import GenerationConfig
-    from llavaguard.guard.spec import GuardSpec
+    from llavaguard import Guard
 
-    g = GuardSpec(model=str(tiny), engine_options={"dtype": "float32"},
-                  generation=GenerationConfig(max_new_tokens=8)).build()  # fmt: skip
+    g = Guard.from_pretrained(str(tiny), dtype="float32", max_new_tokens=8)
     yield g
     g.close()
 

@@ -109,11 +109,11 @@ def test_lora_training_resumes_and_merges(built):
     assert second["resumed_from"] == str(out / f"checkpoint-{first['steps']}")
     merged = Path(second["merged"])
     assert not (merged / "adapter_config.json").exists()  # LoRA folded in: a plain model
-    from llavaguard import GuardSpec
+    from llavaguard import Guard, GuardSpec
 
     image = sorted(built["images"].iterdir())[0]
     float32 = {"dtype": "float32"}
-    guard = GuardSpec(model=str(merged), engine_options=float32, mode="triage").build()
+    guard = Guard.from_spec(GuardSpec(model=str(merged), engine_options=float32, mode="triage"))
     a = guard.assess(image)
     assert a.rating in ("Safe", "Unsafe") and a.score is not None
     # merging from the saved adapter (how sharded runs merge) gives the same model
@@ -122,7 +122,9 @@ def test_lora_training_resumes_and_merges(built):
     card = json.loads((out / "final" / "llavaguard.json").read_text())
     from_disk = merge(out / "final", out / "merged-from-disk", card)
     assert not (from_disk / "adapter_config.json").exists()
-    b = GuardSpec(model=str(from_disk), engine_options=float32, mode="triage").build().assess(image)
+    b = Guard.from_spec(
+        GuardSpec(model=str(from_disk), engine_options=float32, mode="triage")
+    ).assess(image)
     assert b.score == pytest.approx(a.score, abs=1e-5) and b.rating == a.rating
 
 

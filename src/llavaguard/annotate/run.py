@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from llavaguard.annotate.store import CACHE, DedupCache, ResultStore, now_ms
 from llavaguard.errors import ConfigError, ImageError
+from llavaguard.guard.core import Guard
 from llavaguard.guard.spec import GuardSpec
 from llavaguard.inputs.limits import ImageLimits
 from llavaguard.inputs.sources import Item, detect, read_source
@@ -202,7 +203,7 @@ class AnnotateStep(Step):
 
     def setup(self) -> None:
         if self.guard is None:
-            self.guard = self.cfg.guard.build()
+            self.guard = Guard.from_spec(self.cfg.guard)
         if self.guard.policy.id != self.policy_id:
             raise ConfigError("the guard's policy differs from the run's policy")
         cache = DedupCache(self.cache_path) if self.cache_path is not None else None

@@ -23,8 +23,10 @@ err_console = Console(stderr=True)
 
 def load_with_spinner(spec: GuardSpec, quiet: bool, engine_only: bool = False) -> Any:
     """The spec's Guard (or its engine alone), with a spinner on stderr while it loads."""
+    from llavaguard.guard.core import Guard
+
     with nullcontext() if quiet else err_console.status(f"loading {spec.model}", spinner="dots"):
-        return spec.load_engine() if engine_only else spec.build()
+        return spec.load_engine() if engine_only else Guard.from_spec(spec)
 
 
 PROGRESS_MIN_IMAGES = 4

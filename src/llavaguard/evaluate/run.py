@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from llavaguard.errors import ConfigError
 from llavaguard.evaluate import metrics as M
 from llavaguard.evaluate.data import Joined, Prediction, join, load_predictions
+from llavaguard.guard.core import Guard
 from llavaguard.guard.spec import GuardSpec
 from llavaguard.inputs.labels import LabelledSample, read_labels
 from llavaguard.pipeline import FAILED, JsonlWriter, LocalExecutor, Result, Step, is_failed
@@ -194,7 +195,7 @@ class PredictStep(Step):
         return item.id
 
     def setup(self) -> None:
-        self.guard = self.spec.build()
+        self.guard = Guard.from_spec(self.spec)
 
     def process(self, batch: Sequence[LabelledSample]) -> list[Result]:
         results = [_result(Prediction(id=s.id, valid=False, error="the sample has no image",

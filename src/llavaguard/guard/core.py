@@ -27,6 +27,7 @@ from llavaguard.engines import (
 from llavaguard.errors import ConfigError, EngineError, ImageError
 from llavaguard.guard.assessment import Assessment
 from llavaguard.guard.scoring import RATINGS, Scores, continuations, scores_from_logprobs
+from llavaguard.guard.spec import GuardSpec
 from llavaguard.inputs.images import ImageLimits, fit_pixels, load_image, source_id
 from llavaguard.policy import Policy, answer_prefix, parse_answer
 
@@ -116,6 +117,48 @@ class Guard:
         self.image_max_pixels = image_max_pixels
         self.policy = Policy.load(policy)
         self.image_limits = image_limits or ImageLimits()
+
+    @classmethod
+    def from_pretrained(
+        cls, model: str | None = None, *, engine: str = "transformers", **options: Any
+    ) -> Guard:
+        """A Guard from a model and keyword options, as the CLI builds one: the spec's fields
+        (policy, mode, threshold, ...), decoding (max_new_tokens, ...) and the engine's own
+        options (base_url, device, ...) in one call, e.g.
+        ``Guard.from_pretrained("m", engine="vllm", base_url="http://127.0.0.1:8000/v1")``.
+        An option no part takes is refused by the engine's options, in one line."""
+        taken = set(GuardSpec.model_fields) - {"model", "engine", "engine_options", "generation"}
+        fields = {k: options.pop(k) for k in list(options) if k in taken}
+        decoding = {k: options.pop(k) for k in list(options) if k in GenerationConfig.model_fields}
+        if model is not None:
+            fields["model"] = model
+        spec = GuardSpec(engine=engine, engine_options=options, generation=decoding, **fields)
+        return cls.from_spec(spec)
+
+    @classmethod
+    def from_spec(cls, spec: GuardSpec, engine: Engine | None = None) -> Guard:
+        """The Guard a spec describes: its engine (loaded now, or ``engine`` when one is
+        already in memory, e.g. the model being trained) under its policy and settings.
+        Every Guard built from options is built here."""
+        policy = spec.load_policy()
+        loaded = engine is None
+        engine = spec.load_engine() if engine is None else engine
+        try:
+            return cls(
+                engine,
+                policy=policy,
+                generation=spec.generation,
+                image_limits=spec.image_limits,
+                mode=spec.mode,
+                threshold=spec.threshold,
+                constrained=spec.constrained,
+                scores=spec.scores,
+                image_max_pixels=spec.image_max_pixels,
+            )
+        except Exception:
+            if loaded:
+                engine.close()
+            raise
 
     @property
     def system_prompt(self) -> str | None:

@@ -20,7 +20,6 @@ from llavaguard.inputs.limits import ImageLimits
 from llavaguard.models import DEFAULT_MODEL
 
 if TYPE_CHECKING:
-    from llavaguard.guard.core import Guard
     from llavaguard.policy import Policy
 
 
@@ -32,7 +31,8 @@ class GuardSpec(BaseModel):
     model: str = Field(DEFAULT_MODEL, description="Hub id, local folder, or served model name.")
     engine: str = Field(
         "transformers",
-        description="transformers (local) or openai (a vLLM, SGLang or llavaguard server).",
+        description="transformers (local), vllm (a vLLM server: exact scores, triage) or "
+        "openai (any OpenAI-compatible server: SGLang, llavaguard).",
     )
     engine_options: dict[str, Any] = Field(
         default_factory=dict, description="The engine's own options (see its Options)."
@@ -104,31 +104,6 @@ class GuardSpec(BaseModel):
     def load_engine(self) -> Engine:
         """The engine alone (a teacher for rationales needs no Guard around it)."""
         return self.engine_class().load(self.model, self.options())
-
-    def build(self, engine: Engine | None = None) -> Guard:
-        """The Guard: this spec's engine (loaded now, or ``engine`` when one is already in
-        memory, e.g. the model being trained) under this spec's policy and settings."""
-        from llavaguard.guard.core import Guard
-
-        policy = self.load_policy()
-        loaded = engine is None
-        engine = self.load_engine() if engine is None else engine
-        try:
-            return Guard(
-                engine,
-                policy=policy,
-                generation=self.generation,
-                image_limits=self.image_limits,
-                mode=self.mode,
-                threshold=self.threshold,
-                constrained=self.constrained,
-                scores=self.scores,
-                image_max_pixels=self.image_max_pixels,
-            )
-        except Exception:
-            if loaded:
-                engine.close()
-            raise
 
     def record(self) -> dict[str, Any]:
         """What artifacts store about the safeguard: every field, secrets masked."""

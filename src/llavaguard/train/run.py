@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from llavaguard.errors import ConfigError
+from llavaguard.guard.core import Guard
 from llavaguard.guard.spec import GuardSpec
 from llavaguard.models import MODEL_CARD_FILE, ModelSpec, describe_model, resolve_model
 from llavaguard.train.config import TrainConfig
@@ -157,7 +158,7 @@ def _trainer_class() -> type:
 
             model = self.accelerator.unwrap_model(self.model)
             engine = TransformersEngine(model, self.processing_class, self.guard_model)
-            guard = self.guard_spec.build(engine=engine)
+            guard = Guard.from_spec(self.guard_spec, engine=engine)
             try:
                 extra = {
                     f"eval_{k}": v for k, v in guard_metrics(guard, self.guard_samples).items()
