@@ -302,7 +302,7 @@ def test_bad_options_are_one_line_errors(tmp_path, capsys):
     base = ["dataset", "rationales", str(labels), "-o", str(tmp_path / "r.jsonl"), "-m", "x"]
     for extra, message in (
         (["--filters", "repeats,nope"], "unknown filter 'nope'"),
-        (["--base-url", "http://h/v1"], "--base-url and --api-key go with --engine openai"),
+        (["--base-url", "http://h/v1"], "--base-url and --api-key go with --engine vllm or openai"),
         (["--policy", "nope"], "nope"),
     ):
         assert main(base + extra) == 2

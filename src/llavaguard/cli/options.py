@@ -17,6 +17,7 @@ from typing import Any
 import typer
 from pydantic import BaseModel
 
+from llavaguard.engines import ENGINES
 from llavaguard.engines.base import GenerationConfig
 from llavaguard.engines.openai import OpenAIOptions
 from llavaguard.engines.transformers import TransformersOptions
@@ -43,13 +44,14 @@ OPTIONS: dict[str, tuple[Any, Any]] = {
         f"(default: {DEFAULT_MODEL}).")),
     "engine": (str, _opt(GuardSpec, "engine")),
     "base_url": (str | None, _opt(OpenAIOptions, "base_url", default=None,
-                                  help="With --engine openai: the server, e.g. "
+                                  help="With --engine vllm or openai: the server, e.g. "
                                   "http://127.0.0.1:8000/v1.")),
     "api_key": (str | None, _opt(OpenAIOptions, "api_key", envvar="LLAVAGUARD_API_KEY",
-                                 show_envvar=True, help="With --engine openai: the server's "
-                                 "API key.")),
+                                 show_envvar=True, help="With --engine vllm or openai: the "
+                                 "server's API key.")),
     "concurrency": (int | None, _opt(OpenAIOptions, "concurrency", default=None,
-                                     help="With --engine openai: requests in flight (8).")),
+                                     help="With --engine vllm or openai: requests in "
+                                     "flight (8).")),
     "device": (str | None, _opt(TransformersOptions, "device")),
     "dtype": (str | None, _opt(TransformersOptions, "dtype")),
     "token": (str | None, _opt(TransformersOptions, "token", envvar="HF_TOKEN",
@@ -113,10 +115,11 @@ def spec_from_options(**flat: Any) -> GuardSpec:
     engine = flat.get("engine") or "transformers"
     remote = {k: flat.get(k) for k in ("base_url", "api_key", "concurrency")}
     local = {k: flat.get(k) for k in ("device", "dtype", "token", "revision")}
-    if engine != "openai" and (remote["base_url"] or remote["api_key"]):
-        raise ConfigError("--base-url and --api-key go with --engine openai")
+    served = "base_url" in ENGINES.get(engine).Options.model_fields  # a server runs the model
+    if not served and (remote["base_url"] or remote["api_key"]):
+        raise ConfigError("--base-url and --api-key go with --engine vllm or openai")
     given = {k: v for k, v in {**remote, **local}.items() if v is not None}
-    if engine == "openai":  # local loading options mean nothing to a server
+    if served:  # local loading options mean nothing to a server
         given = {k: v for k, v in given.items() if k in remote}
     generation = {k: flat[k] for k in GenerationConfig.model_fields if flat.get(k) is not None}
     limits = {}

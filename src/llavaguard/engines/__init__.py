@@ -25,6 +25,7 @@ ENGINES: Registry[type[Engine]] = Registry(
     {
         "openai": "llavaguard.engines.openai:OpenAIEngine",
         "transformers": "llavaguard.engines.transformers:TransformersEngine",
+        "vllm": "llavaguard.engines.vllm:VLLMEngine",
     },
 )
 

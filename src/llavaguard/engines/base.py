@@ -172,6 +172,15 @@ class Engine(ABC):
         self.close()
 
 
+def common_length(seqs: Sequence[Sequence[int]]) -> int:
+    """Length of the longest common prefix of token lists (where continuations part)."""
+    n = min(len(s) for s in seqs)
+    for j in range(n):
+        if any(s[j] != seqs[0][j] for s in seqs):
+            return j
+    return n
+
+
 def generate_isolated(
     engine: Engine, requests: Sequence[VisionRequest], config: GenerationConfig
 ) -> list[str | EngineError]:

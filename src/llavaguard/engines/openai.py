@@ -139,14 +139,15 @@ class OpenAIEngine(Engine):
         return body
 
     # ---- HTTP -----------------------------------------------------------------------------
-    def _post(self, body: dict[str, Any]) -> dict[str, Any]:
-        """POST /chat/completions with retries on 429, 5xx and connection errors."""
+    def _post(self, body: dict[str, Any], url: str = "/chat/completions") -> dict[str, Any]:
+        """POST ``url`` (under ``base_url`` unless absolute) with retries on 429, 5xx and
+        connection errors."""
         import httpx
 
         for attempt in range(self.options.max_retries + 1):
             wait = self.options.backoff * 2**attempt * (0.5 + random.random())
             try:
-                r = self._client.post("/chat/completions", json=body)
+                r = self._client.post(url, json=body)
             except httpx.HTTPError as e:
                 if attempt == self.options.max_retries:
                     raise EngineError(f"{self.base_url}: {e.__class__.__name__}: {e}") from e

@@ -27,6 +27,7 @@ from llavaguard.engines.base import (
     Scored,
     ScoreKind,
     VisionRequest,
+    common_length,
 )
 from llavaguard.errors import ConfigError, EngineError, ModelLoadError
 from llavaguard.models import ModelSpec, describe_model, resolve_model
@@ -514,7 +515,7 @@ class _TokenTree:
         self.visible: list[list[int]] = []
         self.targets: dict[int, list[tuple[int, int]]] = {}
         for first_token, members in groups.items():
-            shared = _common_length([options[i][1:] for i in members])
+            shared = common_length([options[i][1:] for i in members])
             head = [first_token, *options[members[0]][1 : 1 + shared]]
             head_at = [self._add(tok, depth, []) for depth, tok in enumerate(head)]
             for j in range(1, len(head_at)):
@@ -539,15 +540,6 @@ class _TokenTree:
         self.depths.append(depth)
         self.visible.append(visible)
         return len(self.tokens) - 1
-
-
-def _common_length(seqs: list[list[int]]) -> int:
-    """Length of the longest common prefix of token lists."""
-    n = min(len(s) for s in seqs)
-    for j in range(n):
-        if any(s[j] != seqs[0][j] for s in seqs):
-            return j
-    return n
 
 
 def _one_line(e: BaseException) -> str:
