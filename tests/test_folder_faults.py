@@ -215,6 +215,27 @@ def test_damaged_shards_are_set_aside_and_only_their_inputs_redone(tmp_path, tin
     assert len(manifest["runs"][-1]["set_aside"]) == 4
 
 
+@pytest.mark.slow
+def test_inputs_that_failed_are_tried_again_by_the_next_run(tmp_path, tiny, inputs):
+    import pyarrow.parquet as pq
+
+    broken = inputs / "zz-broken.png"
+    broken.write_bytes(b"not an image yet")
+    out = tmp_path / "out"
+    res = annotate(inputs, out, tiny)
+    assert res.returncode == 1, res.stderr  # one input failed; its row says why
+    rows = {r["id"]: r for r in pq.read_table(out).to_pylist()}
+    assert rows[broken.name]["rating"] is None and rows[broken.name]["error"]
+    shutil.copy(next(p for p in sorted(inputs.iterdir()) if p != broken), broken)  # fixed
+    res = annotate(inputs, out, tiny)
+    assert res.returncode == 0, res.stderr
+    assert "trying again 1 inputs that got no answer before" in res.stderr
+    assert "1 new rows" in res.stderr and "6 already done" in res.stderr, res.stderr
+    table = pq.read_table(out)
+    assert table.num_rows == 7 and ids(out) == sorted(os.listdir(inputs))  # no row twice
+    assert {r["id"]: r for r in table.to_pylist()}[broken.name]["rating"] is not None
+
+
 # ---- the manifest ----------------------------------------------------------------------------
 
 

@@ -252,6 +252,9 @@ def _run(
     on_batch: Callable[[int], None] | None,
 ) -> Summary:
     """The run in a folder ``annotate`` has claimed."""
+    redone = store.redo_failed("rating")  # failed inputs (no answer) are tried again
+    if redone:
+        store.say(f"{cfg.output}: trying again {redone} inputs that got no answer before")
     done = store.done_ids()
     options = {"path_column": cfg.path_column, "id_column": cfg.id_column,
                "image_column": cfg.image_column}  # fmt: skip

@@ -263,6 +263,37 @@ class ShardWriter:
             self.set_aside.append(path.name)
             self.say(f"set aside shard {path.name} ({why}) in {DAMAGED}/; its rows are redone")
 
+    def redo_failed(self, column: str) -> int:
+        """Rewrite each shard that has rows with no ``column`` (inputs that failed: a server
+        that went away, an unreadable file) without them, so this run does them again, as a
+        rerun of an evaluation does. Each shard is replaced whole under its own name, its
+        run record kept, so a kill leaves either the old shard or the new one. Returns how
+        many rows go back to be redone."""
+        import io
+
+        import pyarrow as pa
+        import pyarrow.compute as pc
+        import pyarrow.parquet as pq
+
+        redone = 0
+        for path in self.shards():
+            try:
+                table = pq.read_table(path)
+            except (OSError, pa.ArrowException):  # the scan sets it aside
+                continue
+            if column not in table.column_names or not table.column(column).null_count:
+                continue
+            kept = table.filter(pc.is_valid(table.column(column)))
+            redone += table.num_rows - kept.num_rows
+            if kept.num_rows:
+                sink = io.BytesIO()
+                pq.write_table(kept, sink)
+                atomic_write(path, sink.getvalue())
+            else:
+                path.unlink()
+        self._done = None
+        return redone
+
     def done_ids(self) -> set[str]:
         if self._done is not None:
             return set(self._done)
