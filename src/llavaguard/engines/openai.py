@@ -43,6 +43,10 @@ log = logging.getLogger(__name__)
 
 RETRY_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504})
 TOP_LOGPROBS = 20
+# after a request gave up on a server that does not answer, the requests of the next seconds
+# fail at once with its reason instead of each retrying for as long: a run whose server died
+# records its failures in seconds, not hours, and a rerun does them again
+DOWN_SECONDS = 10.0
 
 
 def data_url(image: Any, fmt: str = "PNG") -> str:
@@ -87,6 +91,7 @@ class OpenAIEngine(Engine):
             limits=httpx.Limits(max_connections=options.concurrency),
         )
         self._pool = ThreadPoolExecutor(options.concurrency, thread_name_prefix="llavaguard-http")
+        self._down: tuple[float, str] | None = None
         self.capabilities = Capabilities(
             scores=ScoreKind.RATING if options.logprobs else ScoreKind.NONE
         )
@@ -144,13 +149,18 @@ class OpenAIEngine(Engine):
         connection errors."""
         import httpx
 
+        down = self._down  # (until, why): the server was not there a moment ago
+        if down is not None and time.monotonic() < down[0]:
+            raise EngineError(down[1])
         for attempt in range(self.options.max_retries + 1):
             wait = self.options.backoff * 2**attempt * (0.5 + random.random())
             try:
                 r = self._client.post(url, json=body)
             except httpx.HTTPError as e:
                 if attempt == self.options.max_retries:
-                    raise EngineError(f"{self.base_url}: {e.__class__.__name__}: {e}") from e
+                    why = f"{self.base_url}: {e.__class__.__name__}: {e}"
+                    self._down = (time.monotonic() + DOWN_SECONDS, why)
+                    raise EngineError(why) from e
                 time.sleep(wait)
                 continue
             if r.status_code == 200:

@@ -1,0 +1,156 @@
+"""A real vLLM server (its CPU build) with a tiny model, through --engine vllm.
+
+What a user does: start vLLM on a model, point llavaguard at it. The tiny model is saved as
+the released checkpoints are, so vLLM loads it as it would load LlavaGuard. Slow tier: the
+first run makes vLLM's environment (minutes), and the server takes about half a minute.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import cli, free_port
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory) -> Path:
+    from llavaguard.testing import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("vllm") / "ov", "llava-onevision")
+
+
+@pytest.fixture(scope="module")
+def server(vllm_python, model):
+    from llavaguard.testing.vllm import start_vllm
+
+    running = start_vllm(vllm_python, model, free_port())
+    yield running
+    running.stop()
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def assess(server, model, photos, out: Path, *extra: str) -> list[dict]:
+    res = cli("assess", *map(str, photos[:3]), "--engine", "vllm", "--base-url", server.url,
+              "--model", str(model), "-o", str(out), *extra)  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    return read_jsonl(out)
+
+
+def test_triage_through_vllm_scores_every_photo(server, model, photos, tmp_path):
+    from llavaguard.policy import Policy
+
+    labels = Policy.load(None).labels
+    records = assess(server, model, photos, tmp_path / "t.jsonl", "--mode", "triage")
+    assert len(records) == 3
+    for r in records:
+        assert r["error"] is None and 0.0 <= r["score"] <= 1.0
+        assert list(r["category_scores"]) == labels  # ten categories
+        assert math.isclose(sum(r["category_scores"].values()), 1.0, abs_tol=1e-6)
+        assert r["category"] == max(labels, key=r["category_scores"].__getitem__)
+
+
+def test_full_answers_through_vllm_are_all_valid(server, model, photos, tmp_path):
+    from llavaguard.policy import Policy
+
+    labels = Policy.load(None).labels
+    full = assess(server, model, photos, tmp_path / "f.jsonl", "--max-new-tokens", "60")
+    triage = assess(server, model, photos, tmp_path / "t.jsonl", "--mode", "triage")
+    for answer, scored in zip(full, triage, strict=True):
+        assert answer["error"] is None and answer["valid"], answer
+        assert answer["rating"] in ("Safe", "Unsafe") and answer["category"] in labels
+        assert isinstance(answer["rationale"], str)
+        # the answer names what the scores chose, and the scores are the triage's
+        assert (answer["rating"], answer["category"]) == (scored["rating"], scored["category"])
+        assert answer["score"] == pytest.approx(scored["score"], abs=1e-6)
+
+
+def test_scores_through_vllm_match_the_local_engine(server, model, photos):
+    from llavaguard import Guard
+
+    served = Guard.from_pretrained(str(model), engine="vllm", base_url=server.url, mode="triage")
+    local = Guard.from_pretrained(str(model), dtype="float32", device="cpu", mode="triage")
+    images = list(map(str, photos[:3]))
+    for a, b in zip(served.assess(images), local.assess(images), strict=True):
+        assert a.score == pytest.approx(b.score, abs=0.02)
+        for label, p in a.category_scores.items():
+            assert p == pytest.approx(b.category_scores[label], abs=0.02)
+    served.close()
+    local.close()
+
+
+def test_evaluate_runs_through_vllm(server, model, photos, tmp_path):
+    rows = [{"id": f"p{i}", "image": str(p), "rating": "Unsafe" if i % 2 else "Safe",
+             "category": "O2" if i % 2 else "NA"} for i, p in enumerate(photos[:4])]  # fmt: skip
+    labels = tmp_path / "labels.jsonl"
+    labels.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    res = cli("evaluate", "run", str(labels), "--engine", "vllm", "--base-url", server.url,
+              "--model", str(model), "--max-new-tokens", "40", "-o", str(tmp_path / "out"),
+              "--bootstrap", "50")  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["engine"] == "vllm" and report["overall"]["n"] == len(rows)
+    assert report["overall"]["missing"] == 0
+    assert report["overall"]["scores"]["n"] == len(rows)  # every answer scored
+
+
+def test_a_model_the_server_does_not_serve_is_one_line(server, photos):
+    res = cli("assess", str(photos[0]), "--engine", "vllm", "--base-url", server.url,
+              "--model", "AIML-TUDA/LlavaGuard-v1.2-0.5B-OV-hf")  # fmt: skip
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert res.stderr.count("\n") == 1 and "not AIML-TUDA/LlavaGuard-v1.2-0.5B-OV-hf" in res.stderr
+
+
+def test_annotate_through_vllm_survives_the_server_dying(vllm_python, server, model, tmp_path):
+    """Kill -9 the server mid-run: the inputs in flight and after get rows saying the server
+    could not be reached, the run ends (exit 1) instead of hanging, and the same command
+    finishes the job once a server is back. Last in the module: it kills the module's server
+    (and starts another on its port, as the run's records name it)."""
+    from llavaguard.testing import make_sample_images
+    from llavaguard.testing.vllm import start_vllm
+
+    inputs = tmp_path / "in"
+    make_sample_images(inputs, 8, seed=5)
+    out, port = tmp_path / "out", server.port
+    command = [sys.executable, "-m", "llavaguard", "annotate", "run", str(inputs), "-o", str(out),
+               "--engine", "vllm", "--base-url", f"http://127.0.0.1:{port}/v1", "--model",
+               str(model), "--mode", "triage", "-b", "2", "--shard-size", "2",
+               "--flush-seconds", "1", "-q"]  # fmt: skip
+    run = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not list(out.glob("part-*.parquet")) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert list(out.glob("part-*.parquet")), "no shard in 5 minutes"
+        server.kill()
+        _, stderr = run.communicate(timeout=300)
+    finally:
+        server.kill()
+        run.kill()
+    import pyarrow.parquet as pq
+
+    rows = pq.read_table(out).to_pylist()
+    failed = [r for r in rows if r["rating"] is None]
+    assert run.returncode == 1, stderr
+    assert failed and all(f"127.0.0.1:{port}" in r["error"] for r in failed), failed[:2]
+    assert len({r["id"] for r in rows}) == len(rows)
+    again = start_vllm(vllm_python, model, port)
+    try:
+        res = cli(*command[3:])
+    finally:
+        again.stop()
+    assert res.returncode == 0, res.stderr
+    rows = pq.read_table(out).to_pylist()
+    assert len(rows) == 8 and all(r["rating"] is not None for r in rows)
+    assert len({r["id"] for r in rows}) == 8
