@@ -376,11 +376,13 @@ def main() -> None:
         throughput(arch, args, photos, check)
     batching = [s for n, s in check.doc["stages"].items() if n.startswith("batching-")]
     check.doc["batching_passed"] = all(s.get("passed") for s in batching)
+    peaks = [s["peak_gpu_memory_gib"] for s in check.doc["stages"].values()
+             if s.get("peak_gpu_memory_gib") is not None]  # fmt: skip
+    check.doc["peak_gpu_memory_gib"] = max(peaks, default=None)
     check.write()
-    print(
-        f"wrote {check.out}; a GPU run's file goes to bench/results/{check.out.name}",
-        file=sys.stderr,
-    )
+    print(f"wrote {check.out}", file=sys.stderr)
+    if args.device.startswith("cuda"):
+        print(f"commit it as bench/results/{check.out.name}", file=sys.stderr)
 
 
 if __name__ == "__main__":

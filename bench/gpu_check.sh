@@ -30,4 +30,4 @@ export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,driver_version,memory.total \
   --format=csv,noheader
 # the hard stop: 460 s leaves the python check's own 420 s budget room to finish its stage
-timeout -s INT 460 "$PY" bench/gpu_check.py "$@" 2>&1 | tee "$OUT/gpu_check.log"
+timeout -s INT -k 10 460 "$PY" bench/gpu_check.py "$@" 2>&1 | tee "$OUT/gpu_check.log"
