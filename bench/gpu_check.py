@@ -9,7 +9,8 @@ every stage, so a run cut short still brings back what it measured:
 1. batching: for each family (tiny models made here with ``llavaguard testing tiny-model``,
    float32), every continuation's score for photos scored one at a time against the same
    photos in one left-padded batch (the accelerator path), and the user's path (triage
-   records at batch 1 against batch N); pass when max |dP| is within TOLERANCE.
+   records at batch 1 against batch N); pass when max |dP| is within TOLERANCE. Constrained
+   answers batched against one at a time are reported beside it.
 2. bf16: the 0.5B architecture (random weights) in bfloat16 against float32, triage, batch 1.
 3. throughput: the 0.5B architecture in bfloat16, triage then full mode, at each batch size;
    images/s, generated tokens (random weights run full answers to --tokens), peak memory.
@@ -203,6 +204,7 @@ def check_batching(model: Path, device: str, photos: list[str]) -> dict[str, Any
         triage = Guard(engine, mode="triage")
         singles = [triage.assess(p) for p in photos]
         batched = triage.assess(photos, batch_size=len(photos))
+        answers = compare_answers(engine, policy, requests)
     finally:
         release(engine)
     engine_diffs = score_diffs(
@@ -226,8 +228,35 @@ def check_batching(model: Path, device: str, photos: list[str]) -> dict[str, Any
         "max_abs_logprob": max(max_diff(a, b) for a, b in zip(alone, together, strict=True)),
         "engine": engine_diffs,
         "triage_records": records,
+        "answers": answers,
         "tolerance": TOLERANCE,
         "passed": worst <= TOLERANCE,
+    }
+
+
+def compare_answers(engine: Any, policy: Any, requests: list[Any], tokens: int = 32) -> dict:
+    """Constrained greedy answers in one left-padded batch against one at a time, each photo
+    with its own forced rating and category (full mode's accelerator path: one batch, one
+    grammar matcher per row). Reported, not judged: random weights leave near-ties that a
+    last-digit difference can tip to another token."""
+    from llavaguard.engines import GenerationConfig
+    from llavaguard.policy import answer_prefix, parse_answer
+
+    config = GenerationConfig(max_new_tokens=tokens, json_schema=policy.answer_schema())
+    labels = policy.labels
+    forced = [
+        replace(r, prefix=answer_prefix(("Safe", "Unsafe")[i % 2], labels[i % len(labels)]))
+        for i, r in enumerate(requests)
+    ]
+    alone = [engine.generate([r], config)[0] for r in forced]
+    together = engine.generate(forced, config)
+    pairs = list(zip(forced, alone, together, strict=True))
+    return {
+        "max_new_tokens": tokens,
+        "identical": sum(a == b for _, a, b in pairs),
+        "of": len(pairs),
+        "valid_alone": sum(parse_answer(r.prefix + a, policy).valid for r, a, _ in pairs),
+        "valid_batched": sum(parse_answer(r.prefix + b, policy).valid for r, _, b in pairs),
     }
 
 
