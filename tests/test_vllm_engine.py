@@ -47,7 +47,8 @@ def test_no_server_at_all_is_one_line(photos):
 
 
 def test_the_vllm_engine_needs_a_base_url_and_takes_no_local_options(photos):
-    assert "needs base_url (--base-url)" in one_line(cli("assess", str(photos[0]), "--engine", "vllm"))
+    res = cli("assess", str(photos[0]), "--engine", "vllm")
+    assert "needs base_url (--base-url)" in one_line(res)
     with pytest.raises(Exception, match="does not take device"):
         from llavaguard import Guard
 
