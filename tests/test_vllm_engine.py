@@ -17,6 +17,7 @@ from conftest import cli, free_port
 @pytest.fixture
 def not_vllm(tmp_path):
     """A web server on loopback that is not vLLM (it serves an empty folder)."""
+
     class Quiet(http.server.SimpleHTTPRequestHandler):
         def log_message(self, *args) -> None:  # stderr is what the test reads
             pass
