@@ -7,13 +7,17 @@ emit whitespace until the token limit. vLLM's own request fields fix both:
 - answers: the answer schema goes out as an EBNF grammar (``structured_outputs.grammar``)
   that xgrammar builds here with the trained layout (indent 4, no free whitespace), the same
   grammar the local engine uses, so every answer parses;
-- scores: each continuation is sent as the end of the assistant's message with
-  ``prompt_logprobs``; the log-probabilities of its own tokens, summed, are exact. Which
-  tokens are the continuation's is read from the server's ``/tokenize`` once per prefix.
+- scores: the continuations' tokens (read from the server's ``/tokenize`` once per prefix)
+  make a tree; each inner node is one request that ends the assistant's message there and
+  asks for its children's log-probabilities (``logprob_token_ids``). Summed along each
+  continuation they are exact. The root goes first, so the image and policy are computed
+  once and the other nodes read them from vLLM's prefix cache.
 
-vLLM 0.32 does not read its prefix cache for a request that asks for prompt log-probabilities
-(``SamplingParams.skip_reading_prefix_cache``), so each continuation costs a whole prefill:
-exact, but not cheap. See docs/serving.md for what that means for triage.
+Why not ``prompt_logprobs`` (one request per continuation, simpler): vLLM 0.32 does not read
+its prefix cache for a request that asks for them (``skip_reading_prefix_cache``), so each
+continuation cost a whole prefill, 22 prefills an image under the default policy. It stays as
+the fallback for a continuation whose tokens change when cut (a tokenizer that merges across
+the cut), where only the whole continuation is exact.
 
 HTTP, retries, concurrency and error lines are the OpenAI engine's (this class extends it).
 """
@@ -23,7 +27,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
 
 from llavaguard.engines.base import (
@@ -33,7 +37,6 @@ from llavaguard.engines.base import (
     Scored,
     ScoreKind,
     VisionRequest,
-    common_length,
 )
 from llavaguard.engines.openai import OpenAIEngine, OpenAIOptions
 from llavaguard.errors import ConfigError, EngineError
@@ -56,7 +59,7 @@ class VLLMEngine(OpenAIEngine):
         super().__init__(model, options)
         self.root = self.base_url.removesuffix("/v1")
         self.capabilities = Capabilities(scores=ScoreKind.EXACT, top_logprobs=True)
-        self._tails: LRU[list[list[int]]] = LRU(16)
+        self._plans: LRU[_Plan] = LRU(16)
         self._grammars: LRU[str] = LRU(32)
 
     @classmethod
@@ -154,57 +157,151 @@ class VLLMEngine(OpenAIEngine):
     def score(
         self, requests: Sequence[VisionRequest], continuations: Sequence[str]
     ) -> list[Scored]:
-        """Exact log-probabilities: every continuation is the end of the assistant's message,
-        and the log-probabilities vLLM gives for its tokens as part of the prompt are summed.
-        All requests go out at once (up to ``concurrency``), so vLLM batches them."""
-        tails = {
-            p: self._continuation_tokens(p, continuations) for p in {r.prefix for r in requests}
-        }
-        bodies = []
-        for r in requests:
-            messages = self._messages(r)  # the image is encoded once per request
-            for c in continuations:
-                body = self._payload(r, GenerationConfig(max_new_tokens=1))
-                body["messages"] = _ending_with(messages, r.prefix + c)
-                body.update(
-                    continue_final_message=True,
-                    add_generation_prompt=False,
-                    prompt_logprobs=0,
-                    return_token_ids=True,
-                )
-                bodies.append(body)
-        replies = iter(self._map(bodies))
-        out = []
-        for r in requests:
-            row = [_tail_logprob(self.base_url, next(replies), t) for t in tails[r.prefix]]
-            out.append(Scored(row))
-        return out
+        """Exact log-probabilities of whole continuations, summed over their tokens.
 
-    def _continuation_tokens(self, prefix: str, continuations: Sequence[str]) -> list[list[int]]:
-        """Each continuation's token ids as the server tokenizes it after the prefix: the
-        tokens of prefix+continuation past those it shares with the prefix alone."""
+        The continuations' tokens make a tree; each inner node is one request that ends the
+        assistant's message at that node and asks vLLM for the log-probabilities of the
+        node's children (``logprob_token_ids``, any tokens, not only the top 20). The tree's
+        root goes first, alone, so its prompt (image and policy) is computed once and every
+        other node reads it from vLLM's prefix cache; the other nodes then go out at once.
+        A continuation whose tokens do not re-tokenize along the tree is scored from prompt
+        log-probabilities instead (exact too, but a whole prefill: vLLM does not read its
+        cache for those)."""
+        plans = {p: self._plan(p, continuations) for p in {r.prefix for r in requests}}
+        bases = [self._payload(r, GenerationConfig(max_new_tokens=1)) for r in requests]
+        work = list(enumerate(zip(bases, requests, strict=True)))
+        roots = [_node_body(b, r.prefix, plans[r.prefix].root) for _, (b, r) in work]
+        found = [{(): reply} for reply in self._map(roots)]
+        asks = [(i, path, _node_body(b, r.prefix, node)) for i, (b, r) in work
+                for path, node in plans[r.prefix].nodes.items() if path]  # fmt: skip
+        asks += [(i, k, _direct_body(b, r.prefix + continuations[k])) for i, (b, r) in work
+                 for k in plans[r.prefix].direct]  # fmt: skip
+        for (i, key, _), reply in zip(asks, self._map([a[2] for a in asks]), strict=True):
+            found[i][key] = reply
+        return [
+            Scored(plans[r.prefix].logprobs(self.base_url, found[i]))
+            for i, r in enumerate(requests)
+        ]
+
+    def _plan(self, prefix: str, continuations: Sequence[str]) -> _Plan:
+        """The token tree of the continuations after ``prefix`` (once per prefix)."""
         key = repr((prefix, tuple(continuations)))
-        found = self._tails.get(key)
-        if found is not None:
-            return found
-        base = self._tokenize(prefix)
-        tails = []
-        for c in continuations:
-            full = self._tokenize(prefix + c)
-            shared = common_length([base, full])
-            if shared == len(full):
-                raise EngineError(f"continuation {c!r} has no tokens")
-            tails.append(full[shared:])
-        self._tails.put(key, tails)
-        return tails
+        plan = self._plans.get(key)
+        if plan is None:
+            plan = _Plan.make(prefix, continuations, self._tokenize, self._detokenize)
+            self._plans.put(key, plan)
+        return plan
 
     def _tokenize(self, text: str) -> list[int]:
         body = {"model": self.model_id, "prompt": text, "add_special_tokens": False}
-        reply = self._post(body, self.root + "/tokenize")
-        tokens = reply.get("tokens")
+        tokens = self._post(body, self.root + "/tokenize").get("tokens")
         if not isinstance(tokens, list):
             raise EngineError(f"{self.root}/tokenize: reply has no tokens")
         return tokens
+
+    def _detokenize(self, tokens: list[int]) -> str:
+        body = {"model": self.model_id, "tokens": tokens}
+        text = self._post(body, self.root + "/detokenize").get("prompt")
+        if not isinstance(text, str):
+            raise EngineError(f"{self.root}/detokenize: reply has no text")
+        return text
+
+
+@dataclass(frozen=True)
+class _Node:
+    text: str  # what follows the prefix at this node
+    path: tuple[int, ...]  # its tokens
+    children: tuple[int, ...]  # the tokens whose log-probabilities are asked for
+
+
+@dataclass
+class _Plan:
+    """How the continuations after one prefix are scored: tree nodes, and the few that are
+    scored directly (``direct``: indices into the continuations)."""
+
+    tails: list[tuple[int, ...]]
+    nodes: dict[tuple[int, ...], _Node] = field(default_factory=dict)
+    direct: list[int] = field(default_factory=list)
+
+    @property
+    def root(self) -> _Node:
+        return self.nodes[()]
+
+    @classmethod
+    def make(
+        cls, prefix: str, continuations: Sequence[str], tokenize: Any, detokenize: Any
+    ) -> _Plan:
+        base = tokenize(prefix)
+        plan = cls(tails=[])
+        children: dict[tuple[int, ...], set[int]] = {(): set()}
+        texts: dict[tuple[int, ...], str] = {(): ""}
+        for k, c in enumerate(continuations):
+            full = tokenize(prefix + c)
+            tail = tuple(full[len(base) :])
+            plan.tails.append(tail)
+            if not tail:
+                raise EngineError(f"continuation {c!r} has no tokens")
+            paths = [tail[:n] for n in range(len(tail))]
+            for path in paths:
+                if path not in texts:
+                    texts[path] = detokenize(list(path))
+            if full[: len(base)] != base or not all(c.startswith(texts[p]) for p in paths):
+                plan.direct.append(k)  # the tokens merge across the boundary: no tree
+                continue
+            for n, path in enumerate(paths):
+                children.setdefault(path, set()).add(tail[n])
+        plan.nodes = {p: _Node(texts[p], p, tuple(sorted(ch))) for p, ch in children.items()}
+        return plan
+
+    def logprobs(self, where: str, replies: dict[Any, dict[str, Any]]) -> list[float]:
+        """Each continuation's log-probability from the replies (keyed by node path, or by
+        the index of a directly scored continuation)."""
+        asked = {path: _children(where, replies[path], node) for path, node in self.nodes.items()}
+        out = []
+        for k, tail in enumerate(self.tails):
+            if k in self.direct:
+                out.append(_tail_logprob(where, replies[k], list(tail)))
+            else:
+                out.append(sum(asked[tail[:n]][tail[n]] for n in range(len(tail))))
+        return out
+
+
+def _node_body(base: dict[str, Any], prefix: str, node: _Node) -> dict[str, Any]:
+    """The request for one tree node: the answer so far ends at the node, and the reply is
+    one token with the log-probabilities of the node's children."""
+    body = {**base, "messages": _ending_with(base["messages"], prefix + node.text)}
+    body.update(
+        continue_final_message=True, add_generation_prompt=False, logprobs=True,
+        logprob_token_ids=list(node.children), return_tokens_as_token_ids=True,
+        return_token_ids=True, temperature=0.0,
+    )  # fmt: skip
+    return body
+
+
+def _direct_body(base: dict[str, Any], answer: str) -> dict[str, Any]:
+    body = {**base, "messages": _ending_with(base["messages"], answer)}
+    body.update(
+        continue_final_message=True, add_generation_prompt=False, prompt_logprobs=0,
+        return_token_ids=True,
+    )  # fmt: skip
+    return body
+
+
+def _children(where: str, reply: dict[str, Any], node: _Node) -> dict[int, float]:
+    """The log-probabilities of a node's children, after checking that the prompt vLLM saw
+    ends with the node's tokens (a re-tokenization that differs would score other text)."""
+    ids = reply.get("prompt_token_ids")
+    if node.path and (not isinstance(ids, list) or tuple(ids[-len(node.path) :]) != node.path):
+        raise EngineError(f"{where}: the prompt does not end with the continuation's tokens")
+    try:
+        top = reply["choices"][0]["logprobs"]["content"][0]["top_logprobs"]
+        got = {int(t["token"].removeprefix("token_id:")): float(t["logprob"]) for t in top}
+    except (KeyError, IndexError, TypeError, ValueError):
+        raise EngineError(f"{where}: the reply has no log-probabilities (is it vLLM?)") from None
+    missing = [t for t in node.children if t not in got]
+    if missing:
+        raise EngineError(f"{where}: no log-probability for token {missing[0]}")
+    return got
 
 
 def _ending_with(messages: list[dict[str, Any]], answer: str) -> list[dict[str, Any]]:

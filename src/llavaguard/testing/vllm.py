@@ -15,12 +15,18 @@ import subprocess
 import tempfile
 import time
 import urllib.request
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import IO
 
 
 def vllm_command(
-    python: str | os.PathLike, model: str | os.PathLike, port: int, *, memory: float = 0.12
+    python: str | os.PathLike,
+    model: str | os.PathLike,
+    port: int,
+    *,
+    memory: float = 0.12,
+    extra: Sequence[str] = (),
 ) -> list[str]:
     """The server's command line: float32 as the tests compare with the local engine, eager
     (no graph capture on a CPU), one image a prompt, room for the longest policy prompt."""
@@ -28,7 +34,7 @@ def vllm_command(
         str(python), "-m", "vllm.entrypoints.openai.api_server", "--model", str(model),
         "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32", "--enforce-eager",
         "--gpu-memory-utilization", str(memory), "--max-model-len", "8192",
-        "--max-logprobs", "20", "--limit-mm-per-prompt", json.dumps({"image": 1}),
+        "--max-logprobs", "20", "--limit-mm-per-prompt", json.dumps({"image": 1}), *extra,
     ]  # fmt: skip
 
 
@@ -70,14 +76,16 @@ def start_vllm(
     port: int,
     *,
     memory: float = 0.12,
+    extra: Sequence[str] = (),
+    env: dict[str, str] | None = None,
     timeout: float = 600.0,
 ) -> VLLMServer:
     """Start a server and return once ``/health`` answers; RuntimeError with the end of its
     log if it exits or is not ready in ``timeout`` seconds."""
     log = tempfile.TemporaryFile("w+")  # noqa: SIM115 (the server's; closed with it)
-    env = {**os.environ, "VLLM_LOGGING_LEVEL": "WARNING", "PYTHONPATH": ""}
+    env = {**os.environ, "VLLM_LOGGING_LEVEL": "WARNING", "PYTHONPATH": "", **(env or {})}
     proc = subprocess.Popen(
-        vllm_command(python, model, port, memory=memory),
+        vllm_command(python, model, port, memory=memory, extra=extra),
         stdout=log, stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True,
     )  # fmt: skip
     server = VLLMServer(proc, port, log)
