@@ -17,7 +17,7 @@ and random weights; the same photos (scaled to one 384-px tile) for every config
 Each vLLM configuration starts from empty prefix and image caches (``VLLM_SERVER_DEV_MODE``
 endpoints), so no run reads what another computed. Token counts come from vLLM's /metrics.
 
-    .venv/bin/python bench/bench_vllm.py --images 2          # 0.5B: about 40 min on 2 cores
+    .venv/bin/python bench/bench_vllm.py --images 2          # 0.5B: about 20 min on 2 cores
     .venv/bin/python bench/bench_vllm.py --size tiny --images 2
 
 Writes bench/results/vllm-<size>.json.

@@ -117,10 +117,11 @@ def test_annotate_folder_with_bad_and_duplicate_files(tmp_path, tiny, photos):
     assert pq.read_table(out).num_rows == 6  # the folder reads as one Parquet dataset
     manifest = json.loads((out / "_manifest.json").read_text())
     assert manifest["identity"]["model"] == str(tiny) and manifest["runs"][0]["rows"] == 6
-    # rerun: nothing left to do, nothing duplicated
+    # rerun: only the failed input is tried again (and fails again), nothing duplicated
     res = cli("annotate", "run", str(folder), "-o", str(out), "--model", str(tiny), "-q")
-    assert res.returncode == 0, res.stderr
-    assert len(ResultStore(out).rows()) == 6
+    assert res.returncode == 1 and "trying again 1 inputs" in res.stderr, res.stderr
+    rows = ResultStore(out).rows().to_pylist()
+    assert sorted(r["id"] for r in rows) == sorted(os.listdir(folder))
     # another policy in the same folder is refused; --overwrite starts over
     res = cli("annotate", "run", str(folder), "-o", str(out), "--model", str(tiny),
                   "--allow", "O3", "-q")  # fmt: skip

@@ -7,6 +7,9 @@ from typing import Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from llavaguard.errors import PolicyError
+from llavaguard.policy.loading import check_depth
+
 # A response_format schema is compiled into a grammar for the model: a bounded one, so a
 # request cannot make the compiler (or the JSON encoder) recurse or work without end.
 MAX_SCHEMA_DEPTH = 64  # nested JSON objects and arrays (a schema object takes 2 a level)
@@ -72,22 +75,13 @@ class ChatRequest(BaseModel):
         schema = spec.get("schema") if isinstance(spec, dict) else None
         if not isinstance(schema, dict | list):
             return value
-        if nesting(schema) > MAX_SCHEMA_DEPTH:
-            raise ValueError(f"the schema is nested deeper than {MAX_SCHEMA_DEPTH} levels")
+        try:  # the policy loader's check: iterative, linear
+            check_depth(schema, "the schema", MAX_SCHEMA_DEPTH)
+        except PolicyError:
+            raise ValueError(
+                f"the schema is nested deeper than {MAX_SCHEMA_DEPTH} levels"
+            ) from None
         return value
-
-
-def nesting(data: Any) -> int:
-    """How deep objects and arrays nest in JSON-like data (without recursing: the data may be
-    nested deeper than Python recurses)."""
-    deepest, todo = 0, [(data, 1)]
-    while todo:
-        item, depth = todo.pop()
-        children = item.values() if isinstance(item, dict) else item
-        if isinstance(item, dict | list):
-            deepest = max(deepest, depth)
-            todo.extend((child, depth + 1) for child in children)
-    return deepest
 
 
 class TopLogprob(BaseModel):
