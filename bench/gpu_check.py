@@ -322,7 +322,7 @@ def measure(guard: Any, photos: list[str], batch: int, images: int, check: Check
 
 def throughput(model: Path, args: argparse.Namespace, photos: list[str], check: Check) -> None:
     """Triage, then full mode, in bfloat16 at each batch size; one stage per run."""
-    from llavaguard import GuardSpec
+    from llavaguard import Guard, GuardSpec
     from llavaguard.engines import GenerationConfig
 
     engine = None
@@ -334,7 +334,9 @@ def throughput(model: Path, args: argparse.Namespace, photos: list[str], check: 
         return
     generation = GenerationConfig(max_new_tokens=args.tokens)
     for mode in ("triage", "full"):
-        guard = GuardSpec(model=str(model), mode=mode, generation=generation).build(engine)
+        guard = Guard.from_spec(
+            GuardSpec(model=str(model), mode=mode, generation=generation), engine
+        )
         for batch in args.batches:
             images = max(args.min_images, args.repeats * batch)
             need = 10 if mode == "triage" else 30

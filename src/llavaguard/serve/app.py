@@ -56,7 +56,9 @@ def lifespan(config: ServeConfig, guard: Guard | None):
 
     @asynccontextmanager
     async def run(app: FastAPI):
-        g = guard if guard is not None else await run_in_threadpool(config.guard.build)
+        from llavaguard.guard import Guard
+
+        g = guard if guard is not None else await run_in_threadpool(Guard.from_spec, config.guard)
         runtime = Runtime(config, g)
         runtime.start()
         app.state.runtime = runtime
