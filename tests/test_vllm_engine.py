@@ -78,3 +78,79 @@ def test_once_a_server_is_gone_requests_fail_at_once_for_a_while():
         assert str(later.value) == str(first.value)
     assert len(tries) == 2  # nothing more was sent
     engine.close()
+
+
+# ---- the score plan: which requests score which continuation ----------------------------------
+
+
+def toy_tokenizer():
+    """Tokens are characters, except that "ab" is one token: cutting "...a" | "b..." changes
+    the tokens, as BPE merges do across a cut."""
+    vocab: dict[str, int] = {}
+
+    def tokenize(text: str) -> list[int]:
+        out, i = [], 0
+        while i < len(text):
+            piece = "ab" if text.startswith("ab", i) else text[i]
+            out.append(vocab.setdefault(piece, len(vocab)))
+            i += len(piece)
+        return out
+
+    def detokenize(tokens: list[int]) -> str:
+        names = {v: k for k, v in vocab.items()}
+        return "".join(names[t] for t in tokens)
+
+    return tokenize, detokenize
+
+
+def node_reply(path: tuple[int, ...], logprobs: dict[int, float], prompt: list[int]) -> dict:
+    top = [{"token": f"token_id:{t}", "logprob": lp} for t, lp in logprobs.items()]
+    return {"prompt_token_ids": prompt + list(path),
+            "choices": [{"logprobs": {"content": [{"top_logprobs": top}]}}]}  # fmt: skip
+
+
+def test_the_plan_is_a_token_tree_and_sums_each_continuation_along_it():
+    from llavaguard.engines.vllm import _Plan
+
+    tokenize, detokenize = toy_tokenizer()
+    plan = _Plan.make("P", ["xy", "xz", "w"], tokenize, detokenize)
+    x, y, z, w = (tokenize(c)[0] for c in "xyzw")
+    assert plan.direct == [] and set(plan.nodes) == {(), (x,)}  # two requests, not three
+    assert plan.root.children == tuple(sorted((x, w))) and plan.nodes[(x,)].text == "x"
+    prompt = tokenize("<image>P")
+    replies = {(): node_reply((), {x: -1.0, w: -2.0}, prompt),
+               (x,): node_reply((x,), {y: -0.5, z: -3.0}, prompt)}  # fmt: skip
+    assert plan.logprobs("server", replies) == [-1.5, -4.0, -2.0]
+
+
+def test_a_continuation_whose_tokens_change_when_cut_is_scored_whole():
+    from llavaguard.engines.vllm import _Plan
+
+    tokenize, detokenize = toy_tokenizer()
+    plan = _Plan.make("xa", ["bc", "d"], tokenize, detokenize)  # "xa"+"bc" tokenizes x,ab,c
+    assert plan.direct == [0]  # its tokens are not the prefix's tokens and then its own
+    ab, c, d = tokenize("ab")[0], tokenize("c")[0], tokenize("d")[0]
+    prompt = tokenize("<image>")
+    direct = {"prompt_token_ids": prompt + tokenize("xabc"),
+              "prompt_logprobs": [None] * len(prompt) + [{str(t): {"logprob": -0.25}}
+                                                        for t in tokenize("xabc")]}  # fmt: skip
+    replies = {(): node_reply((), {d: -0.7}, prompt + tokenize("xa")), 0: direct}
+    # the whole continuation is what the server scored after the prefix's shared tokens
+    assert plan.tails[0] == (ab, c)
+    assert plan.logprobs("server", replies) == [-0.5, -0.7]
+
+
+def test_a_reply_for_other_tokens_than_the_node_is_refused():
+    from llavaguard.engines.vllm import _Plan
+    from llavaguard.errors import EngineError
+
+    tokenize, detokenize = toy_tokenizer()
+    plan = _Plan.make("P", ["xy", "w"], tokenize, detokenize)
+    x, y, w = (tokenize(c)[0] for c in "xyw")
+    replies = {(): node_reply((), {x: -1.0, w: -2.0}, [7]),
+               (x,): node_reply((w,), {y: -0.5}, [7])}  # the server saw another prompt  # fmt: skip
+    with pytest.raises(EngineError, match="does not end with the continuation's tokens"):
+        plan.logprobs("server", replies)
+    replies[(x,)] = node_reply((x,), {}, [7])  # no log-probability for y
+    with pytest.raises(EngineError, match="no log-probability for token"):
+        plan.logprobs("server", replies)

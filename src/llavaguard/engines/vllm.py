@@ -17,7 +17,10 @@ Why not ``prompt_logprobs`` (one request per continuation, simpler): vLLM 0.32 d
 its prefix cache for a request that asks for them (``skip_reading_prefix_cache``), so each
 continuation cost a whole prefill, 22 prefills an image under the default policy. It stays as
 the fallback for a continuation whose tokens change when cut (a tokenizer that merges across
-the cut), where only the whole continuation is exact.
+the cut): the whole continuation is sent and its tokens from where the tokenizations of prefix
+and prefix+continuation part are summed. (The local engine appends the continuation's own
+tokens there instead, which a text API cannot send; no released model's tokenizer merges
+across the Guard's prefixes.)
 
 HTTP, retries, concurrency and error lines are the OpenAI engine's (this class extends it).
 """
@@ -37,6 +40,7 @@ from llavaguard.engines.base import (
     Scored,
     ScoreKind,
     VisionRequest,
+    common_length,
 )
 from llavaguard.engines.openai import OpenAIEngine, OpenAIOptions
 from llavaguard.errors import ConfigError, EngineError
@@ -237,7 +241,7 @@ class _Plan:
         texts: dict[tuple[int, ...], str] = {(): ""}
         for k, c in enumerate(continuations):
             full = tokenize(prefix + c)
-            tail = tuple(full[len(base) :])
+            tail = tuple(full[common_length([base, full]) :])  # where the two part
             plan.tails.append(tail)
             if not tail:
                 raise EngineError(f"continuation {c!r} has no tokens")
