@@ -154,3 +154,13 @@ def test_a_reply_for_other_tokens_than_the_node_is_refused():
     replies[(x,)] = node_reply((x,), {}, [7])  # no log-probability for y
     with pytest.raises(EngineError, match="no log-probability for token"):
         plan.logprobs("server", replies)
+
+
+def test_logprobs_off_means_no_scores_and_so_no_triage():
+    from llavaguard.engines import ScoreKind
+    from llavaguard.engines.vllm import VLLMEngine, VLLMOptions
+
+    url = f"http://127.0.0.1:{free_port()}/v1"
+    assert VLLMEngine("m", VLLMOptions(base_url=url)).capabilities.scores is ScoreKind.EXACT
+    engine = VLLMEngine("m", VLLMOptions(base_url=url, logprobs=False))
+    assert engine.capabilities.scores is ScoreKind.NONE and not engine.capabilities.top_logprobs

@@ -62,7 +62,8 @@ class VLLMEngine(OpenAIEngine):
     def __init__(self, model: str, options: OpenAIOptions) -> None:
         super().__init__(model, options)
         self.root = self.base_url.removesuffix("/v1")
-        self.capabilities = Capabilities(scores=ScoreKind.EXACT, top_logprobs=True)
+        exact = ScoreKind.EXACT if options.logprobs else ScoreKind.NONE  # logprobs=False: none
+        self.capabilities = Capabilities(scores=exact, top_logprobs=options.logprobs)
         self._plans: LRU[_Plan] = LRU(16)
         self._grammars: LRU[str] = LRU(32)
 
@@ -85,7 +86,8 @@ class VLLMEngine(OpenAIEngine):
         if not isinstance(version, dict) or "version" not in version:
             raise ConfigError(f"{self.root} is not a vLLM server (its /version says no version)")
         models = self._get(self.base_url + "/models", "")
-        served = [m.get("id") for m in models.get("data", []) if isinstance(m, dict)]
+        listed = models.get("data") if isinstance(models, dict) else None
+        served = [m.get("id") for m in listed or [] if isinstance(m, dict)]
         if self.model_id not in served:
             raise ConfigError(
                 f"the vLLM server at {self.root} serves {', '.join(map(str, served)) or 'nothing'}"
