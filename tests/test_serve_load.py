@@ -279,6 +279,19 @@ def policy_of(n: int, text: str = "Contain this.") -> dict:
     return {"name": "big", "categories": categories}
 
 
+def test_what_the_server_loaded_is_frozen_out_of_garbage_collections(guard):
+    """A full collection would walk the model and libraries with the GIL held (a pause of
+    hundreds of ms in every thread, /health too); frozen, it walks only new objects."""
+    import gc
+
+    async def requests(client, app):
+        assert (await client.get("/health")).status_code == 200
+        return gc.get_freeze_count()
+
+    assert call(guard, requests) > 100_000
+    assert gc.get_freeze_count() == 0  # given back at shutdown
+
+
 def test_custom_policies_are_bounded_and_only_kept_after_success(guard):
     async def requests(client, app):
         runtime = app.state.runtime

@@ -11,6 +11,7 @@ typed job (``jobs``) -> the ``Batcher`` runs equal jobs as one batch on the Guar
 
 from __future__ import annotations
 
+import gc
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING
 
@@ -63,9 +64,15 @@ def lifespan(config: ServeConfig, guard: Guard | None):
         runtime.start()
         app.state.runtime = runtime
         app.state.handlers = Handlers.build(runtime)
+        # The model and libraries are half a million objects: a full garbage collection walks
+        # them all with the GIL held (about 250 ms here), a pause every request feels (a
+        # /health probe took 602 ms). Frozen, collections walk only what requests allocate.
+        gc.collect()
+        gc.freeze()
         try:
             yield
         finally:
+            gc.unfreeze()
             await runtime.stop()
             if guard is None:
                 g.close()
