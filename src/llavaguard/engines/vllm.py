@@ -279,7 +279,7 @@ def _node_body(base: dict[str, Any], prefix: str, node: _Node) -> dict[str, Any]
     body.update(
         continue_final_message=True, add_generation_prompt=False, logprobs=True,
         logprob_token_ids=list(node.children), return_tokens_as_token_ids=True,
-        return_token_ids=True, temperature=0.0,
+        return_token_ids=True,
     )  # fmt: skip
     return body
 

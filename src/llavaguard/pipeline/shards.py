@@ -269,7 +269,6 @@ class ShardWriter:
         rerun of an evaluation does. Each shard is replaced whole under its own name, its
         run record kept, so a kill leaves either the old shard or the new one. Returns how
         many rows go back to be redone."""
-        import io
 
         import pyarrow as pa
         import pyarrow.compute as pc
@@ -277,18 +276,16 @@ class ShardWriter:
 
         redone = 0
         for path in self.shards():
-            try:
+            try:  # the one column first: most shards have no failed row and stay unread
+                if not pq.read_table(path, columns=[column]).column(column).null_count:
+                    continue
                 table = pq.read_table(path)
-            except (OSError, pa.ArrowException):  # the scan sets it aside
-                continue
-            if column not in table.column_names or not table.column(column).null_count:
-                continue
+            except (OSError, KeyError, pa.ArrowException):  # no such column, or damaged
+                continue  # (the scan sets a damaged shard aside)
             kept = table.filter(pc.is_valid(table.column(column)))
             redone += table.num_rows - kept.num_rows
             if kept.num_rows:
-                sink = io.BytesIO()
-                pq.write_table(kept, sink)
-                atomic_write(path, sink.getvalue())
+                _write_parquet(path, kept)
             else:
                 path.unlink()
         self._done = None
@@ -345,10 +342,8 @@ class ShardWriter:
     def write_shard(self, rows: Sequence[dict[str, Any]]) -> Path | None:
         if not rows:
             return None
-        import io
 
         import pyarrow as pa
-        import pyarrow.parquet as pq
 
         self.root.mkdir(parents=True, exist_ok=True)
         path = self._name()
@@ -357,9 +352,7 @@ class ShardWriter:
         if self.run is not None:
             meta = {**(table.schema.metadata or {}), RUN_KEY: json.dumps(self.run).encode()}
             table = table.replace_schema_metadata(meta)
-        sink = io.BytesIO()
-        pq.write_table(table, sink)
-        atomic_write(path, sink.getvalue(), crash="shard")
+        _write_parquet(path, table, crash="shard")
         self.written.append(path)
         crash_point("rows", len(rows))
         return path
@@ -384,6 +377,17 @@ class ShardWriter:
         if not tables:
             return self.schema().empty_table() if self.schema else pa.table({})
         return pa.concat_tables(t.replace_schema_metadata(None) for t in tables)
+
+
+def _write_parquet(path: Path, table: Any, crash: str | None = None) -> None:
+    """``table`` as ``path``, whole or not at all (``writer.atomic_write``)."""
+    import io
+
+    import pyarrow.parquet as pq
+
+    sink = io.BytesIO()
+    pq.write_table(table, sink)
+    atomic_write(path, sink.getvalue(), crash=crash)
 
 
 def _shards_doc(scan: Scan) -> dict[str, Any] | None:
