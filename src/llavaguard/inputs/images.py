@@ -405,22 +405,56 @@ def expand_paths(paths: Iterable[str | os.PathLike]) -> Iterator[Path]:
     """Folders become their image files (recursive, sorted, hidden ones skipped); anything
     else is passed through as given, so a missing or odd file gets its own error record.
 
-    Nothing is opened here: whether a file is an image is load_image's call.
+    Nothing is opened here: whether a file is an image is load_image's call. A folder is
+    streamed (``walk_images``), so a tree of a billion files is never one list in memory.
     """
     for p in paths:
         path = Path(p)
         if not os.path.isdir(path):  # unlike Path.is_dir, never raises (EACCES, NUL byte)
             yield path
             continue
-        found: list[Path] = []
-        for root, dirs, files in os.walk(path):
-            dirs[:] = [d for d in dirs if not d.startswith(".")]  # prune hidden folders
-            found.extend(
-                Path(root) / f
-                for f in files
-                if not f.startswith(".") and os.path.splitext(f)[1].lower() in IMAGE_EXTENSIONS
-            )
-        yield from sorted(found)
+        yield from walk_images(path)
+
+
+def walk_images(top: Path) -> Iterator[Path]:
+    """The image files under ``top`` in ``sorted()`` order of their paths, one folder listing
+    held at a time per level. Paths compare part by part, so sorting each folder's entries by
+    name and going into a subfolder where its name falls is the same order as sorting every
+    path (``a/x.png`` comes before ``a-b.png``, as ``"a" < "a-b.png"``). What is walked is
+    what ``os.walk`` walks: hidden files and folders are skipped, a link to a folder is not
+    followed, and a folder that cannot be listed gives nothing."""
+    stack = [iter(_listing(top))]
+    while stack:
+        entry = next(stack[-1], None)
+        if entry is None:
+            stack.pop()
+        elif entry[1]:
+            stack.append(iter(_listing(entry[0])))
+        else:
+            yield entry[0]
+
+
+def _listing(folder: Path) -> list[tuple[Path, bool]]:
+    """(path, is a folder to walk into) for the visible subfolders and image files of
+    ``folder``, sorted by name; an unlistable folder is empty, as in ``os.walk``."""
+    out: list[tuple[str, bool]] = []
+    try:
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                if entry.name.startswith("."):
+                    continue
+                try:
+                    is_dir = entry.is_dir()
+                except OSError:
+                    is_dir = False
+                if is_dir:
+                    if not os.path.islink(entry.path):  # os.walk's own test
+                        out.append((entry.name, True))
+                elif os.path.splitext(entry.name)[1].lower() in IMAGE_EXTENSIONS:
+                    out.append((entry.name, False))
+    except OSError:
+        return []
+    return [(folder / name, is_dir) for name, is_dir in sorted(out)]
 
 
 def source_id(source: ImageSource, index: int) -> str:
