@@ -37,18 +37,22 @@ def row_where(path: str | Path, n: int) -> str:
     return f"{path} row {n}" if whole else f"{path}:{n}"
 
 
-def iter_rows(path: str | Path, columns: list[str] | None = None) -> Iterator[dict[str, Any]]:
-    """The rows of a table, one dict each, streamed; ``columns`` limits a Parquet read."""
-    for _, row in numbered_rows(path, columns):
+def iter_rows(
+    path: str | Path, columns: list[str] | None = None, row_group: int | None = None
+) -> Iterator[dict[str, Any]]:
+    """The rows of a table, one dict each, streamed; ``columns`` limits a Parquet read and
+    ``row_group`` reads one row group of a Parquet file (a work unit of its own)."""
+    for _, row in numbered_rows(path, columns, row_group):
         yield row
 
 
 def numbered_rows(
-    path: str | Path, columns: list[str] | None = None
+    path: str | Path, columns: list[str] | None = None, row_group: int | None = None
 ) -> Iterator[tuple[int, dict[str, Any]]]:
     """(where, row) for each row: ``where`` is the line in a CSV or JSONL file (blank lines
     and the header counted, so an editor goes there) and the row number from 1 in a Parquet
-    file or JSON list; ``row_where(path, where)`` says it the way errors do.
+    file (or in its ``row_group``, read alone; other formats ignore it) or JSON list;
+    ``row_where(path, where)`` says it the way errors do.
 
     Any suffix other than .csv, .json and .parquet is read as JSONL. A missing file, bad JSON,
     a CSV row with more cells than its header or an unreadable file stops with a ConfigError
@@ -58,8 +62,8 @@ def numbered_rows(
         raise ConfigError(f"{path}: file not found")
     suffix = path.suffix.lower()
     try:
-        if suffix == ".parquet":
-            yield from enumerate(_parquet(path, columns), 1)
+        if is_parquet(path):
+            yield from enumerate(_parquet(path, columns, row_group), 1)
         elif suffix == ".csv":
             yield from _csv(path)
         elif suffix == ".json":
@@ -103,10 +107,31 @@ def _csv(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
             yield reader.line_num, row
 
 
-def _parquet(path: Path, columns: list[str] | None) -> Iterator[dict[str, Any]]:
+def is_parquet(path: str | Path) -> bool:
+    """Whether ``numbered_rows`` reads ``path`` as Parquet (by its suffix, any case)."""
+    return Path(path).suffix.lower() == ".parquet"
+
+
+def row_group_sizes(path: str | Path) -> list[int]:
+    """The rows in each row group of a Parquet file, from its footer alone (no data is read),
+    so a huge table can be split into work units cheaply; one line for an unreadable file."""
     import pyarrow.parquet as pq
 
-    for batch in pq.ParquetFile(path).iter_batches(batch_size=_BATCH, columns=columns):
+    try:
+        meta = pq.ParquetFile(path).metadata
+    except Exception as e:  # whatever the library says: one line
+        raise ConfigError(f"{path}: cannot read ({e.__class__.__name__}: {e})") from e
+    return [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
+
+
+def _parquet(
+    path: Path, columns: list[str] | None, row_group: int | None
+) -> Iterator[dict[str, Any]]:
+    import pyarrow.parquet as pq
+
+    groups = None if row_group is None else [row_group]
+    reader = pq.ParquetFile(path)
+    for batch in reader.iter_batches(batch_size=_BATCH, columns=columns, row_groups=groups):
         yield from batch.to_pylist()
 
 
