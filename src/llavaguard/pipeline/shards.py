@@ -5,6 +5,8 @@
       part-000000-<run>.parquet      rows; written to a hidden .tmp name, fsynced, then renamed,
       part-000001-<run>.parquet      so a shard is either whole or absent
       _damaged/                      shards a run found unreadable or foreign, set aside
+      part-u-<unit>.parquet          a Ray run's rows, one file per work unit, and
+      _units/<unit>.json             its completion marker (``pipeline.units``)
       .lock                          held (flock) by the run writing here
 
 Names starting with "_" or "." are what Parquet readers skip, so ``pq.read_table(folder)``
@@ -46,6 +48,8 @@ MANIFEST = "_manifest.json"
 DAMAGED = "_damaged"
 RUN_KEY = b"llavaguard.run"  # a shard's Parquet metadata: {"identity": ..., "params": ...}
 SHARD = re.compile(r"part-(\d+)(-[0-9a-f]+)?\.parquet")
+UNITS = "_units"  # work units' completion markers (``pipeline.units``)
+UNIT_PREFIX = "part-u-"  # a work unit's rows: part-u-<unit>.parquet
 
 
 def warn(message: str) -> None:
@@ -103,6 +107,7 @@ class ShardWriter:
         self.next: int | None = None
         self.lock = RunLock.folder(self.root)
         self._done: set[str] | None = None
+        self.with_units = True
 
     # ---- manifest ------------------------------------------------------------------------
     def manifest(self) -> dict[str, Any] | None:
@@ -149,7 +154,7 @@ class ShardWriter:
     def _open(self, identity: dict[str, Any], params: dict[str, Any], overwrite: bool) -> None:
         if overwrite:
             self.clear()
-        for tmp in self.root.glob(".part-*.parquet.tmp"):  # left by a crash before its rename
+        for tmp in self.root.glob(".part-*.parquet.*tmp"):  # left by a crash before its rename
             tmp.unlink()
         self.run = {"identity": identity, "params": params}
         scan = self.scan()
@@ -206,14 +211,18 @@ class ShardWriter:
         atomic_write(self.root / MANIFEST, (json.dumps(doc, indent=2) + "\n").encode())
 
     def clear(self) -> None:
-        for p in [*self.root.glob("part-*.parquet"), *self.root.glob(".part-*.parquet.tmp")]:
+        for p in [*self.root.glob("part-*.parquet"), *self.root.glob(".part-*.parquet.*tmp")]:
             p.unlink()
         (self.root / MANIFEST).unlink(missing_ok=True)
-        shutil.rmtree(self.root / DAMAGED, ignore_errors=True)
+        for folder in (DAMAGED, UNITS):
+            shutil.rmtree(self.root / folder, ignore_errors=True)
 
     # ---- shards --------------------------------------------------------------------------
     def shards(self) -> list[Path]:
-        return sorted(self.root.glob("part-*.parquet"))
+        """The shards, with or without the work units' (``with_units``): a Ray run leaves
+        those to their markers (``pipeline.units``) and never reads them whole."""
+        found = sorted(self.root.glob("part-*.parquet"))
+        return found if self.with_units else [p for p in found if not is_unit_shard(p)]
 
     def scan(self) -> Scan:
         """Read each shard's footer and ids: what it holds, or why it cannot be used."""
@@ -285,7 +294,7 @@ class ShardWriter:
             kept = table.filter(pc.is_valid(table.column(column)))
             redone += table.num_rows - kept.num_rows
             if kept.num_rows:
-                _write_parquet(path, kept)
+                write_parquet(path, kept)
             else:
                 path.unlink()
         self._done = None
@@ -343,16 +352,9 @@ class ShardWriter:
         if not rows:
             return None
 
-        import pyarrow as pa
-
         self.root.mkdir(parents=True, exist_ok=True)
         path = self._name()
-        schema = self.schema() if self.schema else None
-        table = pa.Table.from_pylist(list(rows), schema=schema)
-        if self.run is not None:
-            meta = {**(table.schema.metadata or {}), RUN_KEY: json.dumps(self.run).encode()}
-            table = table.replace_schema_metadata(meta)
-        _write_parquet(path, table, crash="shard")
+        write_parquet(path, make_table(rows, self.schema, self.run), crash="shard")
         self.written.append(path)
         crash_point("rows", len(rows))
         return path
@@ -379,7 +381,21 @@ class ShardWriter:
         return pa.concat_tables(t.replace_schema_metadata(None) for t in tables)
 
 
-def _write_parquet(path: Path, table: Any, crash: str | None = None) -> None:
+def make_table(
+    rows: Sequence[dict[str, Any]], schema: Callable[[], Any] | None, run: dict[str, Any] | None
+) -> Any:
+    """Rows as a pyarrow table of ``schema``, stamped with the run that made them
+    (``RUN_KEY``), so a folder whose manifest is lost still says what its rows are."""
+    import pyarrow as pa
+
+    table = pa.Table.from_pylist(list(rows), schema=schema() if schema else None)
+    if run is not None:
+        meta = {**(table.schema.metadata or {}), RUN_KEY: json.dumps(run).encode()}
+        table = table.replace_schema_metadata(meta)
+    return table
+
+
+def write_parquet(path: Path, table: Any, crash: str | None = None) -> None:
     """``table`` as ``path``, whole or not at all (``writer.atomic_write``)."""
     import io
 
@@ -395,6 +411,10 @@ def _shards_doc(scan: Scan) -> dict[str, Any] | None:
     runs = [r for r in scan.runs.values() if r]
     return {"identity": runs[0]["identity"], "params": runs[0].get("params", {}), "runs": []} \
         if runs else None  # fmt: skip
+
+
+def is_unit_shard(path: Path) -> bool:
+    return path.name.startswith(UNIT_PREFIX)
 
 
 def _size(path: Path) -> int:

@@ -18,7 +18,8 @@ the process ends however it ends, so a killed run never leaves anything locked.
 
 ``LLAVAGUARD_TEST_CRASH`` makes a process kill itself with SIGKILL at a chosen point, for the
 tests: ``rows:N`` once N rows are durable, ``shard:N`` before the Nth shard's rename (its
-temporary file written and fsynced).
+temporary file written and fsynced), ``work:N`` in a Ray worker with its Nth unit made but not
+written, ``poison:<unit>`` in every Ray worker that starts that unit.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import os
 import signal
 import tempfile
 import threading
+import uuid
 import weakref
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -52,10 +54,18 @@ def crash_point(event: str, n: int = 1) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
+def poison_point(name: str) -> None:
+    """Die here if ``LLAVAGUARD_TEST_CRASH`` is ``poison:<name>``: a unit that kills every
+    worker that reads it, as a decoder crash on a corrupt file would."""
+    if os.environ.get(CRASH_ENV) == f"poison:{name}":
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 def atomic_write(path: Path, data: bytes, crash: str | None = None) -> None:
     """``path`` holds ``data`` whole, or what it held before. ``crash``: the crash point
-    between writing and renaming."""
-    tmp = path.with_name("." + path.name + ".tmp")
+    between writing and renaming. The temporary name is the writer's own, so two processes
+    writing the same file (a unit redone while its first worker still runs) never mix bytes."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:6]}.tmp")
     with open(tmp, "wb") as f:
         f.write(data)
         f.flush()
