@@ -35,6 +35,22 @@ class RunStats:
         return sum(self.statuses.values())
 
 
+@dataclass
+class UnitStats(RunStats):
+    """A Ray run's counts: the items', and its units' (done now, done before, given up)."""
+
+    units_done: int = 0
+    units_skipped: int = 0
+    units_failed: list[dict[str, Any]] = field(default_factory=list)
+
+    def add(self, result: dict[str, Any]) -> None:
+        self.units_done += 1
+        self.statuses.update(result["statuses"])
+        self.skipped += result["kept"]
+        self.duplicate_ids += result["duplicate_ids"]
+        self.load_seconds = max(self.load_seconds, result["load_seconds"])
+
+
 class Executor:
     def __init__(
         self,
