@@ -57,28 +57,33 @@ def unreadable_step(cache: Path | None = None):
 
 
 @pytest.mark.slow
-def test_an_unreadable_answer_is_assessed_not_failed_on_both_executors(tmp_path):
+def test_an_unreadable_answer_is_assessed_not_failed_on_both_executors(tmp_path, ray_driver):
     """Regression: the Ray backend counted an unparseable answer as failed, the local loop
     as assessed; an answer the model gave is assessed (and invalid) everywhere."""
-    pytest.importorskip("ray")
+    import pyarrow.parquet as pq
     import ray.cloudpickle
 
     from llavaguard.annotate import ResultStore
+    from llavaguard.annotate.store import schema
     from llavaguard.inputs.sources import read_source
-    from llavaguard.pipeline.ray import RayExecutor
+    from llavaguard.inputs.units import read_unit, units
+    from llavaguard.pipeline import UnitOutput
+    from llavaguard.pipeline.ray import RayExecutor, RayOptions
     from llavaguard.testing import make_sample_images
 
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the fake guard travels
     folder = make_sample_images(tmp_path / "in", 4, seed=1)[0].parent
     (folder / "broken.jpg").write_bytes(b"not an image")
-    stats = {}
-    for name, cls in (("local", LocalExecutor), ("ray", RayExecutor)):
-        store = ResultStore(tmp_path / name, shard_size=2)
-        run = cls(unreadable_step(), store, batch_size=2)
-        stats[name] = run.run(read_source([str(folder)]))
-        rows = store.rows().to_pylist()
+    store = ResultStore(tmp_path / "local", shard_size=2)
+    local = LocalExecutor(unreadable_step(), store, batch_size=2).run(read_source([str(folder)]))
+    out = UnitOutput(tmp_path / "ray", schema=schema, answered="rating")
+    remote = RayExecutor([unreadable_step()], out, read_unit, RayOptions(batch_size=2)).run(
+        units([str(folder)], unit_size=2)
+    )
+    for rows in (store.rows().to_pylist(), pq.read_table(tmp_path / "ray").to_pylist()):
         assert len(rows) == 5 and sum(r["rating"] is None for r in rows) == 5
-    assert stats["local"].statuses == stats["ray"].statuses == {"assessed": 4, "failed": 1}
+    assert local.statuses == remote.statuses == {"assessed": 4, "failed": 1}
+    assert remote.units_done == 3 and not remote.units_failed
 
 
 # ---- the JSONL writer ------------------------------------------------------------------------
@@ -163,3 +168,66 @@ def test_stages_resume_after_the_last_finished_stage_and_refuse_other_settings(t
     assert set(again.timings) == {"one", "two"}
     with pytest.raises(ConfigError, match="holds a run with seed 0, not 1"):
         Stages(tmp_path, {"seed": 1})
+
+
+# ---- a work unit's output: whole, under its own name, marked after --------------------------
+
+
+def test_a_unit_is_written_whole_under_its_own_name_and_marked_after(tmp_path):
+    from llavaguard.pipeline import UnitOutput
+
+    out = UnitOutput(tmp_path, answered="rating")
+    assert out.state("000001") == ("todo", 0)
+    first = [{"id": "a", "rating": "Safe"}, {"id": "b", "rating": None}]
+    out.write("000001", first, {"failed": 1})
+    assert out.state("000001") == ("redo", 2)  # a failed row: the unit is redone for it
+    assert out.kept("000001") == [{"id": "a", "rating": "Safe"}]
+    out.write("000001", [*out.kept("000001"), {"id": "b", "rating": "Unsafe"}], {"failed": 0})
+    assert out.state("000001") == ("done", 2)
+    assert [p.name for p in tmp_path.glob("part-*")] == ["part-u-000001.parquet"]
+    assert not list(tmp_path.rglob("*.tmp"))
+    # a file without its marker (a worker killed between the two) is not done...
+    out.marker("000001").unlink()
+    assert out.state("000001") == ("todo", 0)
+    # ...nor is a marker whose file is gone, or one that cannot be read
+    out.write("000001", first[:1], {"failed": 0})
+    out.path("000001").unlink()
+    assert out.state("000001") == ("todo", 0)
+    out.marker("000001").write_text("{half")
+    assert out.state("000001") == ("todo", 0)
+    # a damaged file is redone whole, with a warning, not trusted
+    out.path("000001").write_bytes(b"PAR1 cut off")
+    assert out.kept("000001") == []
+
+
+def test_a_ray_run_refuses_what_it_cannot_do_before_joining_a_cluster(tmp_path, photos):
+    from llavaguard.annotate import AnnotateConfig, annotate
+
+    folder = str(photos[0].parent)
+    common = dict(inputs=[folder], backend="ray", ray_address="127.0.0.1:1")  # nothing there
+
+    def refused(out: Path, **kw) -> str:
+        with pytest.raises(ConfigError) as e:
+            annotate(AnnotateConfig(output=out, **{**common, **kw}))
+        return str(e.value)
+
+    assert "--limit goes with the local backend" in refused(tmp_path / "a", limit=2)
+    why = refused(tmp_path / "b", ray_base_urls=["http://127.0.0.1:9/v1"])
+    assert why == "--ray-base-url goes with --engine vllm or openai"
+    # a folder cut into units one way is not cut another way later
+    (tmp_path / "c" / "_units").mkdir(parents=True)
+    (tmp_path / "c" / "_units" / "_settings.json").write_text(
+        '{"unit_size": 1000, "source": "auto"}'
+    )
+    assert "cut into units with unit_size 1000, not 10" in refused(tmp_path / "c", unit_size=10)
+    # the local backend's rows are finished where they began
+    from llavaguard.annotate import ResultStore
+    from llavaguard.annotate.step import identity
+    from llavaguard.policy import Policy
+
+    store = ResultStore(tmp_path / "d")
+    cfg = AnnotateConfig(output=tmp_path / "d", **common)
+    store.open(identity(cfg, Policy.load().id), {}, False)
+    store.write_shard([{"id": "x"}])
+    store.close()
+    assert "holds rows of a local run; finish it with --backend local" in refused(tmp_path / "d")

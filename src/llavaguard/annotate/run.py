@@ -1,6 +1,6 @@
-"""Annotate a dataset: source -> read, hash and decode ahead -> dedup cache -> Guard batches
--> Parquet shards, as one pipeline step (``AnnotateStep``) on the local or the Ray executor.
-Resumable: rerunning skips the ids already in the shards.
+"""Annotate a dataset: a source through ``AnnotateStep`` into Parquet shards, on this
+machine (here) or on a Ray cluster (``cluster``). Resumable: rerunning skips the ids already in
+the shards.
 
 Rows reach a shard only after their batch is answered, and a shard is closed every
 ``shard_size`` rows or ``flush_seconds``; a crash loses at most the rows not yet in a shard, and
@@ -11,214 +11,18 @@ refused); damaged shards are set aside and their inputs redone (``pipeline.shard
 
 from __future__ import annotations
 
-import hashlib
-import os
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Literal
+from collections.abc import Callable
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from llavaguard.annotate.cluster import run_on_ray
+from llavaguard.annotate.step import AnnotateConfig, AnnotateStep, Summary, identity, params
+from llavaguard.annotate.store import CACHE, ResultStore
+from llavaguard.errors import ConfigError
+from llavaguard.inputs.sources import detect, read_source
+from llavaguard.pipeline import LocalExecutor
 
-from llavaguard.annotate.store import CACHE, DedupCache, ResultStore, now_ms
-from llavaguard.errors import ConfigError, ImageError
-from llavaguard.guard.core import Guard
-from llavaguard.guard.spec import GuardSpec
-from llavaguard.inputs.limits import ImageLimits
-from llavaguard.inputs.sources import Item, detect, read_source
-from llavaguard.pipeline import FAILED, Result, RunStats, Step, executor, is_failed
-
-
-class AnnotateConfig(BaseModel):
-    """One annotation run; the same fields are the CLI's options."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    inputs: list[str] = Field(min_length=1, description="Folders, lists, tables or shards.")
-    output: Path = Field(description="Results folder (created; resumed when it exists).")
-    source: str = Field("auto", description="auto, folder, list, table, webdataset or hf.")
-    path_column: str | None = Field(None, description="table: the column with image paths.")
-    id_column: str | None = Field(None, description="table/hf: the column with ids.")
-    image_column: str | None = Field(None, description="hf: the image column.")
-    guard: GuardSpec = Field(default_factory=GuardSpec, description="The safeguard to run.")
-    batch_size: int = Field(8, ge=1, description="Images per engine batch.")
-    shard_size: int = Field(1000, ge=1, description="Rows per Parquet shard.")
-    flush_seconds: float = Field(
-        60.0, gt=0, description="Close a shard once its first row has waited this long."
-    )
-    workers: int = Field(2, ge=1, description="Threads reading and decoding ahead.")
-    dedup: bool = Field(True, description="Judge identical image bytes once.")
-    overwrite: bool = Field(False, description="Start over in an existing results folder.")
-    limit: int | None = Field(None, ge=1, description="Stop after this many new inputs.")
-    backend: Literal["local", "ray"] = "local"
-    ray_address: str | None = None
-    ray_actors: int = Field(1, ge=1, description="Engine actors (Ray backend).")
-
-
-@dataclass
-class Summary(RunStats):
-    """A run's counts: the executor's, by status (assessed, cached, failed), and its shards."""
-
-    shards: list[str] = field(default_factory=list)
-
-    @property
-    def assessed(self) -> int:
-        return self.statuses["assessed"]
-
-    @property
-    def cached(self) -> int:  # answered from the dedup cache
-        return self.statuses["cached"]
-
-    @property
-    def failed(self) -> int:  # no answer (``pipeline.is_failed``)
-        return self.statuses[FAILED]
-
-    def line(self) -> str:
-        rate = self.rows / self.seconds if self.seconds else 0.0
-        return (
-            f"{self.rows} new rows ({self.assessed} assessed, {self.cached} from cache, "
-            f"{self.failed} failed), {self.skipped} already done, {rate:.2f} rows/s"
-            + (f", {self.duplicate_ids} duplicate ids skipped" if self.duplicate_ids else "")
-        )
-
-
-@dataclass
-class Prepared:
-    item: Item
-    sha256: str | None = None
-    image: Any = None
-    width: int | None = None
-    height: int | None = None
-    error: str | None = None
-
-
-def prepare(item: Item, limits: ImageLimits) -> Prepared:
-    """Bytes, hash and decoded image of one item, or the reason there are none."""
-    from llavaguard.inputs.images import load_image
-
-    max_bytes = limits.max_bytes
-    if item.error:
-        return Prepared(item, error=item.error)
-    sha = None
-    try:
-        if isinstance(item.data, str):
-            size = os.path.getsize(item.data)
-            if size > max_bytes:
-                return Prepared(item, error=f"{item.key}: file is {size} bytes, over the limit")
-            with open(item.data, "rb") as f:
-                data = f.read()
-        else:
-            data = item.data
-        sha = hashlib.sha256(data).hexdigest()
-        image = load_image(data, limits=limits, name=item.key)
-        return Prepared(item, sha, image, image.width, image.height)
-    except ImageError as e:
-        return Prepared(item, sha, error=str(e))
-    except OSError as e:
-        return Prepared(item, error=f"{item.key}: cannot read ({e.strerror or e})")
-
-
-def row(p: Prepared, record: dict[str, Any], cached: bool) -> dict[str, Any]:
-    return {
-        "id": p.item.id, "key": p.item.key, "sha256": p.sha256, "width": p.width,
-        "height": p.height, "rating": record.get("rating"), "category": record.get("category"),
-        "rationale": record.get("rationale"), "score": record.get("score"),
-        "category_scores": record.get("category_scores"), "valid": bool(record.get("valid")),
-        "error": record.get("error"), "cached": cached, "policy_id": record["policy_id"],
-        "model": record["model"], "engine": record["engine"], "mode": record["mode"],
-        "time": now_ms(),
-    }  # fmt: skip
-
-
-def identity(cfg: AnnotateConfig, policy_id: str) -> dict[str, Any]:
-    """What must not change between the runs that fill one results folder."""
-    g = cfg.guard
-    return {"model": g.model, "engine": g.engine, "mode": g.mode, "policy_id": policy_id,
-            "threshold": g.threshold, "image_max_pixels": g.image_max_pixels}  # fmt: skip
-
-
-class Annotator:
-    """Turns batches of prepared items into rows: the dedup cache first, then the Guard."""
-
-    def __init__(self, guard: Any, cache: DedupCache | None) -> None:
-        self.guard = guard
-        self.cache = cache
-        self.policy = guard.policy
-        self.meta = {"policy_id": self.policy.id, "model": guard.engine.model_id,
-                     "engine": guard.engine.name, "mode": guard.mode.value}  # fmt: skip
-
-    def _lookup(self, ok: list[Prepared]) -> tuple[dict[str, dict], dict[str, dict]]:
-        """(known: answers from the cache, fresh: answers from the Guard) by sha256."""
-        key = (self.policy.id, self.meta["model"], self.meta["mode"])
-        known: dict[str, dict] = {}
-        if self.cache is not None and ok:
-            known = self.cache.get_many((p.sha256 for p in ok), *key)
-        todo: dict[str, Prepared] = {}
-        for p in ok:
-            if p.sha256 not in known:
-                todo.setdefault(p.sha256, p)  # identical bytes within a batch: once
-        fresh: dict[str, dict] = {}
-        if todo:
-            shas = list(todo)
-            for sha, a in zip(shas, self.guard.assess(
-                [todo[s].image for s in shas], ids=shas, batch_size=len(shas)
-            ), strict=True):  # fmt: skip
-                fresh[sha] = a.model_dump(mode="json")
-            keep = {s: r for s, r in fresh.items() if not is_failed(r)}
-            if self.cache is not None and keep:
-                self.cache.put_many(keep, *key)
-        return known, fresh
-
-    def __call__(self, batch: Sequence[Prepared]) -> list[Result]:
-        known, fresh = self._lookup([p for p in batch if p.image is not None])
-        results, first = [], set()
-        for p in batch:
-            if p.image is None:
-                record, cached = {**self.meta, "error": p.error}, False
-            elif p.sha256 in fresh and p.sha256 not in first:
-                first.add(p.sha256)
-                record, cached = fresh[p.sha256], False
-            else:
-                record, cached = known.get(p.sha256) or fresh[p.sha256], True
-            status = FAILED if is_failed(record) else "cached" if cached else "assessed"
-            results.append(Result(row(p, record, cached), status))
-        return results
-
-
-class AnnotateStep(Step):
-    """Annotation as a pipeline step: items are read, hashed and decoded in ``prepare``; the
-    Guard (built in ``setup`` unless one is given) judges them in ``process``. Picklable
-    before ``setup``, so Ray actors each build their own Guard."""
-
-    def __init__(
-        self, cfg: AnnotateConfig, policy_id: str, guard: Any = None, cache: Path | None = None
-    ) -> None:
-        self.cfg, self.policy_id, self.cache_path = cfg, policy_id, cache
-        self.guard, self.own_guard = guard, guard is None
-        self.annotator: Annotator | None = None
-
-    def prepare(self, item: Item) -> Prepared:
-        return prepare(item, self.cfg.guard.image_limits)
-
-    def setup(self) -> None:
-        if self.guard is None:
-            self.guard = Guard.from_spec(self.cfg.guard)
-        if self.guard.policy.id != self.policy_id:
-            raise ConfigError("the guard's policy differs from the run's policy")
-        cache = DedupCache(self.cache_path) if self.cache_path is not None else None
-        self.annotator = Annotator(self.guard, cache)
-
-    def process(self, batch: Sequence[Prepared]) -> list[Result]:
-        assert self.annotator is not None, "setup() first"
-        return self.annotator(batch)
-
-    def close(self) -> None:
-        if self.annotator is not None and self.annotator.cache is not None:
-            self.annotator.cache.close()
-        if self.own_guard and self.guard is not None:
-            self.guard.close()
-            self.guard = None
+__all__ = ["AnnotateConfig", "AnnotateStep", "Summary", "annotate"]
 
 
 def annotate(
@@ -227,20 +31,36 @@ def annotate(
     guard: Any = None,
     on_start: Callable[[int | None], None] | None = None,
     on_batch: Callable[[int], None] | None = None,
+    on_unit: Callable[[Summary], None] | None = None,
     **kw: Any,
 ) -> Summary:
     """Annotate ``cfg.inputs`` into ``cfg.output``; resumes an unfinished run. ``guard``: an
-    already built Guard to use instead of building ``cfg.guard`` (local backend)."""
+    already built Guard to use instead of building ``cfg.guard`` (local backend). Progress:
+    ``on_start(total)`` then ``on_batch(items)`` per batch, or on Ray ``on_start(units)``
+    then ``on_unit(summary so far)`` per unit."""
     cfg = cfg or AnnotateConfig(**kw)
-    if guard is not None and cfg.backend == "ray":
-        raise ConfigError("a built guard runs on the local backend; Ray actors build cfg.guard")
+    if cfg.backend == "ray":
+        if guard is not None:
+            raise ConfigError("a built guard runs on the local backend; Ray actors build "
+                              "cfg.guard")  # fmt: skip
+        if cfg.limit is not None:
+            raise ConfigError("--limit goes with the local backend: Ray workers read whole "
+                              "units (use --unit-size and fewer inputs)")  # fmt: skip
     policy = cfg.guard.load_policy()
     store = ResultStore(cfg.output, shard_size=cfg.shard_size, flush_seconds=cfg.flush_seconds)
-    store.open(identity(cfg, policy.id), _params(cfg, policy), cfg.overwrite)
+    store.with_units = cfg.backend == "local"  # a Ray run leaves the units to their markers
+    store.open(identity(cfg, policy.id), params(cfg, policy), cfg.overwrite)
+    summary = Summary()
     try:
-        return _run(cfg, store, policy.id, guard, on_start, on_batch)
+        if cfg.backend == "ray":
+            run_on_ray(cfg, store, policy.id, summary, on_start, on_unit)
+        else:
+            _run(cfg, store, policy.id, guard, summary, on_start, on_batch)
     finally:
+        summary.shards = [str(p) for p in store.written]
+        store.add_run(_run_record(summary, cfg))
         store.close()
+    return summary
 
 
 def _run(
@@ -248,40 +68,23 @@ def _run(
     store: ResultStore,
     policy_id: str,
     guard: Any,
+    summary: Summary,
     on_start: Callable[[int | None], None] | None,
     on_batch: Callable[[int], None] | None,
-) -> Summary:
-    """The run in a folder ``annotate`` has claimed."""
+) -> None:
+    """The local run in a folder ``annotate`` has claimed."""
     redone = store.redo_failed("rating")  # failed inputs (no answer) are tried again
     if redone:
         store.say(f"{cfg.output}: trying again {redone} inputs that got no answer before")
     done = store.done_ids()
-    options = {"path_column": cfg.path_column, "id_column": cfg.id_column,
-               "image_column": cfg.image_column}  # fmt: skip
+    options = cfg.source_options()
     if on_start is not None:
         on_start(_total(cfg, done, options))
-    # the dedup cache is the driver's SQLite file: Ray actors elsewhere cannot share it
-    cache = cfg.output / CACHE if cfg.dedup and cfg.backend == "local" else None
+    cache = cfg.output / CACHE if cfg.dedup else None
     step = AnnotateStep(cfg, policy_id, guard=guard, cache=cache)
-    backend = ({"actors": cfg.ray_actors, "address": cfg.ray_address} if cfg.backend == "ray"
-               else {"workers": cfg.workers})  # fmt: skip
-    run = executor(cfg.backend, step, store, batch_size=cfg.batch_size, limit=cfg.limit,
-                   on_batch=on_batch, **backend)  # fmt: skip
-    summary = Summary()
-    try:
-        run.run(read_source(cfg.inputs, cfg.source, **options), done, stats=summary)
-    finally:
-        summary.shards = [str(p) for p in store.written]
-        store.add_run(_run_record(summary, cfg))
-    return summary
-
-
-def _params(cfg: AnnotateConfig, policy: Any) -> dict[str, Any]:
-    from llavaguard import __version__
-
-    return {**cfg.model_dump(mode="json", exclude={"guard", "overwrite"}),
-            "guard": cfg.guard.record(), "llavaguard_version": __version__,
-            "policy": policy.describe()}  # fmt: skip
+    run = LocalExecutor(step, store, batch_size=cfg.batch_size, limit=cfg.limit,
+                        on_batch=on_batch, workers=cfg.workers)  # fmt: skip
+    run.run(read_source(cfg.inputs, cfg.source, **options), done, stats=summary)
 
 
 def _total(cfg: AnnotateConfig, done: set[str], options: dict[str, Any]) -> int | None:
@@ -302,4 +105,6 @@ def _run_record(summary: Summary, cfg: AnnotateConfig) -> dict[str, Any]:
         "duplicate_ids": summary.duplicate_ids, "seconds": round(summary.seconds, 3),
         "load_seconds": round(summary.load_seconds, 3),
         "interrupted": summary.interrupted,
+        **({"units_done": summary.units_done, "units_skipped": summary.units_skipped,
+            "units_failed": summary.units_failed} if cfg.backend == "ray" else {}),
     }  # fmt: skip

@@ -27,7 +27,7 @@ from typing import Any
 
 from llavaguard.pipeline.shards import MANIFEST, ShardWriter
 
-__all__ = ["CACHE", "MANIFEST", "DedupCache", "ResultStore", "now_ms"]
+__all__ = ["CACHE", "MANIFEST", "DedupCache", "ResultStore", "SharedCache", "now_ms"]
 
 CACHE = "_cache.sqlite"
 IDENTITY = ("model", "engine", "mode", "policy_id", "threshold", "image_max_pixels")
@@ -95,6 +95,60 @@ class DedupCache:
 
     def close(self) -> None:
         self.db.close()
+
+
+class SharedCache:
+    """The dedup cache of a Ray run: one ``DedupCache`` in an actor that every engine actor
+    asks, so identical bytes are judged once per run, not once per worker. It lives beside
+    the driver (on its node, the results folder's SQLite file), so a resumed run still knows
+    what the killed one judged. Two workers meeting the same new bytes at the same moment may
+    both judge them: the rows stay right, the saving is lost for that pair."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name  # a named actor, found where it is used: a handle passed to an
+        self._handle: Any = None  # actor's constructor would stop Ray restarting that actor
+
+    @classmethod
+    def start(cls, path: Path) -> SharedCache:
+        import uuid
+
+        import ray
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
+        cache = cls(f"llavaguard-dedup-{uuid.uuid4().hex[:12]}")
+        cache._handle = ray.remote(DedupCache).options(  # restarted and asked again if it dies
+            name=cache.name, num_cpus=0, scheduling_strategy=here, max_restarts=-1,
+            max_task_retries=-1,
+        ).remote(path)  # fmt: skip
+        return cache
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"name": self.name}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.name, self._handle = state["name"], None
+
+    @property
+    def handle(self) -> Any:
+        import ray
+
+        if self._handle is None:
+            self._handle = ray.get_actor(self.name)
+        return self._handle
+
+    def get_many(self, shas: list[str], policy_id: str, model: str, mode: str) -> dict:
+        import ray
+
+        return ray.get(self.handle.get_many.remote(shas, policy_id, model, mode))
+
+    def put_many(self, records: dict[str, dict], policy_id: str, model: str, mode: str) -> None:
+        import ray
+
+        ray.get(self.handle.put_many.remote(records, policy_id, model, mode))
+
+    def close(self) -> None:
+        """Nothing: the driver's actor outlives each worker's use of it."""
 
 
 def now_ms() -> int:

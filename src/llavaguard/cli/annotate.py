@@ -3,12 +3,23 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
-from llavaguard.cli.common import EXIT_OK, EXIT_SOME_FAILED, err_console, progress_bar, resumable
+from llavaguard.cli.common import (
+    EXIT_OK,
+    EXIT_SOME_FAILED,
+    err_console,
+    progress_bar,
+    resumable,
+    unit_progress,
+)
 from llavaguard.cli.options import ALL, batch_size_option, guard_options, quiet_option
 from llavaguard.guard.spec import GuardSpec
+
+if TYPE_CHECKING:  # imported when a command runs: the CLI starts fast
+    from llavaguard.annotate import AnnotateConfig, Summary
 
 app = typer.Typer(
     help="Annotate whole datasets (resumable), report on them, export curated subsets.",
@@ -44,15 +55,25 @@ def run(
     backend: str = typer.Option("local", "--backend", help="local or ray."),
     ray_address: str | None = typer.Option(None, "--ray-address", help="Ray cluster address."),
     ray_actors: int = typer.Option(1, "--ray-actors", min=1, help="Engine actors on Ray."),
+    ray_cpus: float = typer.Option(1.0, "--ray-cpus", min=0, help="CPUs per Ray actor."),
+    ray_gpus: float | None = typer.Option(None, "--ray-gpus", min=0, help="GPUs per actor."),
+    ray_base_url: list[str] = typer.Option(
+        [], "--ray-base-url", help="A server for Ray actors (repeat: actors take turns)."
+    ),
+    unit_size: int = typer.Option(1000, "--unit-size", min=1, help="Ray: inputs per unit."),
     quiet: bool = quiet_option(),
 ) -> None:
     """Annotate a dataset into Parquet shards; rerun the same command to resume.
 
-    Exit status: 0 when every input got an answer, 1 when some failed (their rows say why),
+    On Ray the actors read and write work units (a tar, a Parquet row group, --unit-size
+    inputs of a list or folder) themselves; the bar counts units.
+
+    Exit status: 0 when every input got an answer, 1 when some failed (their rows say why)
+    or a unit failed every try (the manifest says why),
     2 for set-up errors (a folder that cannot be written, or that another run is writing),
     130 when interrupted (the folder stays resumable).
     """
-    from llavaguard.annotate import AnnotateConfig, annotate
+    from llavaguard.annotate import AnnotateConfig
 
     cfg = AnnotateConfig(
         inputs=inputs, output=output, source=source, path_column=path_column,
@@ -60,14 +81,26 @@ def run(
         batch_size=batch_size, shard_size=shard_size, flush_seconds=flush_seconds,
         workers=workers,
         dedup=dedup, overwrite=overwrite, limit=limit, backend=backend,
-        ray_address=ray_address, ray_actors=ray_actors,
+        ray_address=ray_address, ray_actors=ray_actors, ray_cpus=ray_cpus, ray_gpus=ray_gpus,
+        ray_base_urls=ray_base_url, unit_size=unit_size,
     )  # fmt: skip
-    progress, on_start, on_batch = progress_bar(quiet, "annotating", rate=True)
-    with resumable(progress, output):
-        summary = annotate(cfg, on_start=on_start, on_batch=on_batch)
+    summary = _annotate(cfg, quiet)
     if not quiet:
         err_console.print(summary.line(), highlight=False)
-    raise typer.Exit(EXIT_SOME_FAILED if summary.failed else EXIT_OK)
+    raise typer.Exit(EXIT_SOME_FAILED if summary.failed or summary.units_failed else EXIT_OK)
+
+
+def _annotate(cfg: AnnotateConfig, quiet: bool) -> Summary:
+    """The run, with a bar over inputs (local) or over work units (Ray)."""
+    from llavaguard.annotate import annotate
+
+    if cfg.backend == "ray":
+        progress, on_start, on_unit = unit_progress(quiet)
+        with resumable(progress, cfg.output):
+            return annotate(cfg, on_start=on_start, on_unit=on_unit)
+    progress, on_start, on_batch = progress_bar(quiet, "annotating", rate=True)
+    with resumable(progress, cfg.output):
+        return annotate(cfg, on_start=on_start, on_batch=on_batch)
 
 
 @app.command("report", no_args_is_help=True)

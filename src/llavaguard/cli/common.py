@@ -71,6 +71,38 @@ def progress_bar(quiet: bool, label: str, *, rate: bool = False) -> tuple[Any, A
     return progress, on_start, on_batch
 
 
+def unit_progress(quiet: bool) -> tuple[Any, Any, Any]:
+    """(progress, on_start(units), on_unit(summary)): a Ray run's bar on stderr, over units
+    (with the time left where their number is known), with rows and images/s beside it."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    progress = Progress("[progress.description]{task.description}", BarColumn(),
+                        MofNCompleteColumn(), TextColumn("{task.fields[rows]}"),
+                        TimeElapsedColumn(), TimeRemainingColumn(),
+                        console=err_console)  # fmt: skip
+    task: list[Any] = []
+
+    def on_start(total: int | None) -> None:
+        if not quiet:
+            progress.start()
+            task.append(progress.add_task("units", total=total, rows=""))
+
+    def on_unit(summary: Any) -> None:
+        if task:
+            elapsed = progress.tasks[0].elapsed or 0.0
+            rate = f", {summary.rows / elapsed:.1f} images/s" if elapsed else ""
+            progress.update(task[0], advance=1, rows=f"{summary.rows} rows{rate}")
+
+    return progress, on_start, on_unit
+
+
 @contextmanager
 def resumable(progress: Any, output: Any) -> Iterator[None]:
     """Stop the bar however the run ends; Ctrl-C says how to resume and exits 130."""
