@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import secrets
 import socket
 import subprocess
 import sys
@@ -20,6 +21,10 @@ import pytest
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# the test Ray cluster's token (testing.ray), set before anything imports Ray, which reads it
+# once: the tests that drive the cluster from this process need it
+os.environ["RAY_AUTH_MODE"] = "token"
+os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(16)
 
 ROOT = Path(__file__).resolve().parents[1]
 # Facts about the released models, kept in the repository (see tests/reference/README.md) ...
@@ -180,3 +185,25 @@ def vllm_python() -> str:
         why = (res.stderr.strip().splitlines() or ["no reason given"])[-1]
         pytest.skip(f"vLLM cannot be installed here: {why}")
     return res.stdout.strip().splitlines()[-1]
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """A real two-node Ray cluster on loopback (``ray start --head``, ``ray start
+    --address``), shared by the Ray tests; a test that loses a node adds one back."""
+    pytest.importorskip("ray")
+    from llavaguard.testing.ray import start_cluster
+
+    cluster = start_cluster(nodes=2, cpus=2, token=os.environ["RAY_AUTH_TOKEN"])
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture
+def ray_driver(ray_cluster):
+    """This process as a driver of the shared cluster, for one test."""
+    import ray
+
+    ray_cluster.join()
+    yield ray_cluster
+    ray.shutdown()

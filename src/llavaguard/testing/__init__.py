@@ -1,6 +1,6 @@
 """Offline testing helpers: tiny real models and sample images, no download needed."""
 
-from llavaguard.testing.samples import make_sample_images
+from llavaguard.testing.samples import make_sample_images, write_shards
 from llavaguard.testing.tiny import FAMILIES, build_tiny_model
 
-__all__ = ["FAMILIES", "build_tiny_model", "make_sample_images"]
+__all__ = ["FAMILIES", "build_tiny_model", "make_sample_images", "write_shards"]

@@ -54,3 +54,31 @@ def make_sample_images(out_dir: str | os.PathLike, n: int = 6, *, seed: int = 0)
         im.save(path, format=fmt)
         paths.append(path)
     return paths
+
+
+def write_shards(
+    out_dir: str | os.PathLike, files: list[Path | tuple[str, bytes]], per_shard: int
+) -> list[Path]:
+    """WebDataset tar shards of ``files`` (paths, or (member name, bytes)), ``per_shard`` a
+    tar, each image with its ``.json`` beside it as img2dataset writes them: 000000.tar,
+    000001.tar... Keys run on across shards (``000000007.jpg``)."""
+    import io
+    import json
+    import tarfile
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    shards = []
+    for s in range(0, len(files), per_shard):
+        path = out / f"{s // per_shard:06d}.tar"
+        with tarfile.open(path, "w") as tar:
+            for n, f in enumerate(files[s : s + per_shard], s):
+                name, data = (f.name, f.read_bytes()) if isinstance(f, Path) else f
+                key = f"{n:09d}"
+                meta = json.dumps({"key": key, "source": name}).encode()
+                for member, body in ((key + Path(name).suffix, data), (key + ".json", meta)):
+                    info = tarfile.TarInfo(member)
+                    info.size = len(body)
+                    tar.addfile(info, io.BytesIO(body))
+        shards.append(path)
+    return shards
