@@ -9,6 +9,7 @@ alternating (medians): the whole pipeline (read, hash, decode ahead, cache, shar
 
     .venv/bin/python bench/bench_annotate.py                  # tiny model, triage, ~10 min
     .venv/bin/python bench/bench_annotate.py --sizes 1000     # quicker
+    .venv/bin/python bench/bench_annotate.py --backend ray    # Ray: bench_annotate_ray.py
 
 Writes bench/results/annotate-tiny.json.
 """
@@ -139,6 +140,14 @@ def overhead(images: Path, model: Path, args: argparse.Namespace, n: int) -> dic
 
 
 def main() -> None:
+    if "--backend" in sys.argv:  # the Ray benchmark has its own figures and options
+        at = sys.argv.index("--backend")
+        if sys.argv[at + 1 : at + 2] == ["ray"]:
+            import bench_annotate_ray
+
+            bench_annotate_ray.main(sys.argv[1:at] + sys.argv[at + 2 :])
+            return
+        del sys.argv[at : at + 2]
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000])
     ap.add_argument("--mode", default="triage")
