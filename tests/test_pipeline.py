@@ -231,3 +231,17 @@ def test_a_ray_run_refuses_what_it_cannot_do_before_joining_a_cluster(tmp_path, 
     store.write_shard([{"id": "x"}])
     store.close()
     assert "holds rows of a local run; finish it with --backend local" in refused(tmp_path / "d")
+
+
+def test_a_pool_of_servers_gives_each_actor_its_own():
+    from llavaguard.annotate import AnnotateConfig
+    from llavaguard.annotate.cluster import _steps
+    from llavaguard.guard import GuardSpec
+
+    urls = ["http://127.0.0.1:8001/v1", "http://127.0.0.1:8002/v1"]
+    spec = GuardSpec(model="m", engine="vllm", engine_options={"base_url": "http://127.0.0.1:9/v1"})
+    cfg = AnnotateConfig(inputs=["-"], output=Path("-"), guard=spec, backend="ray",
+                         ray_base_urls=urls)  # fmt: skip
+    steps = _steps(cfg, "pid")
+    assert [s.cfg.guard.options().base_url for s in steps] == urls
+    assert {s.cfg.guard.model for s in steps} == {"m"}  # the rest of the spec is the run's
