@@ -132,6 +132,9 @@ def test_ray_backend_gives_the_local_rows(tmp_path, tiny, photos, ray_driver):
     # and it resumes like the local backend: nothing left to do
     again = annotate(AnnotateConfig(output=tmp_path / "ray", **ray, **common))
     assert again.rows == 0 and again.skipped == len(photos)
+    # and the local backend resumes a Ray folder as its own
+    here = annotate(AnnotateConfig(output=tmp_path / "ray", **common))
+    assert here.rows == 0 and here.skipped == len(photos)
 
 
 def answered(cache: Path) -> int:

@@ -5,6 +5,7 @@ of the installed entry point); the rest call the same ``main`` in this process."
 
 import subprocess
 import sys
+import time
 
 from conftest import cli, run_cli
 
@@ -49,3 +50,23 @@ def test_bad_options_exit_2_with_one_line(tmp_path):
         assert out.returncode == 2, (args, out.stderr)
         assert len(out.stderr.strip().splitlines()) == 1, (args, out.stderr)
         assert out.stderr.startswith("error:"), (args, out.stderr)
+
+
+def test_the_ray_bar_counts_units_rows_and_images_per_second():
+    from types import SimpleNamespace
+
+    from llavaguard.cli.common import unit_progress
+
+    progress, on_start, on_unit = unit_progress(quiet=False)
+    on_start(4)
+    time.sleep(0.05)
+    on_unit(SimpleNamespace(rows=30))
+    on_unit(SimpleNamespace(rows=55))
+    progress.stop()
+    [task] = progress.tasks
+    assert (task.completed, task.total) == (2, 4)  # so the bar has a time left to show
+    assert task.fields["rows"].startswith("55 rows, ") and task.fields["rows"].endswith(" images/s")
+    quiet, on_start, on_unit = unit_progress(quiet=True)
+    on_start(4)
+    on_unit(SimpleNamespace(rows=1))
+    assert quiet.tasks == []

@@ -32,10 +32,9 @@ def load_with_spinner(spec: GuardSpec, quiet: bool, engine_only: bool = False) -
 PROGRESS_MIN_IMAGES = 4
 
 
-def progress_bar(quiet: bool, label: str, *, rate: bool = False) -> tuple[Any, Any, Any]:
-    """(progress, on_start(total), on_batch(n)): a bar on stderr. A plain bar shows only for
-    more than a few images; with ``rate`` (long runs whose total may be unknown) it always
-    shows, with the speed and the time elapsed."""
+def _bar(field: str | None) -> Any:
+    """A bar on stderr: done of total and the time left, with ``field`` (a text the caller
+    updates) and the time elapsed beside it when given."""
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -45,16 +44,17 @@ def progress_bar(quiet: bool, label: str, *, rate: bool = False) -> tuple[Any, A
         TimeRemainingColumn,
     )
 
-    extra = [TextColumn("{task.fields[rate]}"), TimeElapsedColumn()] if rate else []
-    progress = Progress(
-        "[progress.description]{task.description}",
-        BarColumn(),
-        MofNCompleteColumn(),
-        *extra,
-        TimeRemainingColumn(),
-        console=err_console,
-        transient=False,
-    )
+    extra = [TextColumn(f"{{task.fields[{field}]}}"), TimeElapsedColumn()] if field else []
+    return Progress("[progress.description]{task.description}", BarColumn(),
+                    MofNCompleteColumn(), *extra, TimeRemainingColumn(), console=err_console,
+                    transient=False)  # fmt: skip
+
+
+def progress_bar(quiet: bool, label: str, *, rate: bool = False) -> tuple[Any, Any, Any]:
+    """(progress, on_start(total), on_batch(n)): a bar on stderr. A plain bar shows only for
+    more than a few images; with ``rate`` (long runs whose total may be unknown) it always
+    shows, with the speed and the time elapsed."""
+    progress = _bar("rate" if rate else None)
     task: list[Any] = []
 
     def on_start(total: int | None) -> None:
@@ -74,19 +74,7 @@ def progress_bar(quiet: bool, label: str, *, rate: bool = False) -> tuple[Any, A
 def unit_progress(quiet: bool) -> tuple[Any, Any, Any]:
     """(progress, on_start(units), on_unit(summary)): a Ray run's bar on stderr, over units
     (with the time left where their number is known), with rows and images/s beside it."""
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    progress = Progress("[progress.description]{task.description}", BarColumn(),
-                        MofNCompleteColumn(), TextColumn("{task.fields[rows]}"),
-                        TimeElapsedColumn(), TimeRemainingColumn(),
-                        console=err_console)  # fmt: skip
+    progress = _bar("rows")
     task: list[Any] = []
 
     def on_start(total: int | None) -> None:
