@@ -185,25 +185,3 @@ def vllm_python() -> str:
         why = (res.stderr.strip().splitlines() or ["no reason given"])[-1]
         pytest.skip(f"vLLM cannot be installed here: {why}")
     return res.stdout.strip().splitlines()[-1]
-
-
-@pytest.fixture(scope="session")
-def ray_cluster():
-    """A real two-node Ray cluster on loopback (``ray start --head``, ``ray start
-    --address``), shared by the Ray tests; a test that loses a node adds one back."""
-    pytest.importorskip("ray")
-    from llavaguard.testing.ray import start_cluster
-
-    cluster = start_cluster(nodes=2, cpus=2, token=os.environ["RAY_AUTH_TOKEN"])
-    yield cluster
-    cluster.stop()
-
-
-@pytest.fixture
-def ray_driver(ray_cluster):
-    """This process as a driver of the shared cluster, for one test."""
-    import ray
-
-    ray_cluster.join()
-    yield ray_cluster
-    ray.shutdown()

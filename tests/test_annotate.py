@@ -110,33 +110,6 @@ def test_report_and_exports(tmp_path, tiny, photos):
     assert meta["id"] == rows[0]["id"] and meta["rating"] == rows[0]["rating"]
 
 
-@pytest.mark.slow
-def test_ray_backend_gives_the_local_rows(tmp_path, tiny, photos, ray_driver):
-    from llavaguard.annotate import AnnotateConfig, ResultStore, annotate
-    from llavaguard.guard import GuardSpec
-
-    common = dict(inputs=[str(photos[0].parent)], guard=GuardSpec(model=str(tiny), mode="triage"),
-                  batch_size=2, shard_size=4)  # fmt: skip
-    annotate(AnnotateConfig(output=tmp_path / "local", **common))
-    ray = dict(backend="ray", ray_address=ray_driver.address, unit_size=4, ray_actors=2)
-    summary = annotate(AnnotateConfig(output=tmp_path / "ray", **ray, **common))
-    assert (summary.units_done, len(list((tmp_path / "ray").glob("part-u-*")))) == (2, 2)
-    assert summary.rows == len(photos)
-    keys = ("id", "sha256", "width", "height", "rating", "category", "policy_id")
-    local = sorted((tuple(r[k] for k in keys), r["score"])
-                   for r in ResultStore(tmp_path / "local").rows().to_pylist())  # fmt: skip
-    remote = sorted((tuple(r[k] for k in keys), r["score"])
-                    for r in ResultStore(tmp_path / "ray").rows().to_pylist())  # fmt: skip
-    assert [a for a, _ in local] == [a for a, _ in remote]
-    assert [s for _, s in local] == pytest.approx([s for _, s in remote], abs=1e-6)
-    # and it resumes like the local backend: nothing left to do
-    again = annotate(AnnotateConfig(output=tmp_path / "ray", **ray, **common))
-    assert again.rows == 0 and again.skipped == len(photos)
-    # and the local backend resumes a Ray folder as its own
-    here = annotate(AnnotateConfig(output=tmp_path / "ray", **common))
-    assert here.rows == 0 and here.skipped == len(photos)
-
-
 def answered(cache: Path) -> int:
     import sqlite3
 

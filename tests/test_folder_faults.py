@@ -6,7 +6,6 @@ shards. Each is done to a real folder and followed by the next ``annotate run`` 
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 import os
 import shutil
@@ -16,7 +15,6 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
@@ -339,34 +337,6 @@ def test_rows_reach_disk_every_interval_on_the_local_executor(tmp_path):
 
     seen = rows_on_disk_as_it_runs(LocalExecutor, tmp_path)
     assert seen[-1] >= 6, seen  # all but the last batch or two were on disk before the end
-
-
-@pytest.mark.slow
-def test_a_units_rows_reach_disk_when_the_unit_ends_on_the_ray_executor(tmp_path, ray_driver):
-    """On Ray each unit is written by its actor as it ends, not at the end of the run."""
-    import ray.cloudpickle
-
-    from llavaguard.pipeline import UnitOutput
-    from llavaguard.pipeline.ray import RayExecutor, RayOptions
-
-    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the step travels
-    out = UnitOutput(tmp_path)
-    seen = []
-
-    def on_unit(result):  # the driver hears of a unit once its rows and marker are on disk
-        seen.append((out.state(result["unit"]), len(list(tmp_path.glob("part-u-*")))))
-
-    units = [SimpleNamespace(name=f"u{i}", path="-", size=4) for i in range(3)]
-    read = functools.partial(unit_items, per_unit=4)
-    run = RayExecutor([Slow()], out, read, RayOptions(batch_size=2), on_unit=on_unit)
-    stats = run.run(units)
-    assert seen == [(("done", 4), 1), (("done", 4), 2), (("done", 4), 3)]
-    assert stats.rows == 12 and stats.units_done == 3
-
-
-def unit_items(unit, per_unit: int) -> list[dict]:
-    n = int(unit.name[1:])
-    return [{"id": str(n * per_unit + i)} for i in range(per_unit)]
 
 
 @pytest.mark.slow

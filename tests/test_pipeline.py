@@ -4,7 +4,6 @@ resume rules, and stage markers."""
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -21,69 +20,6 @@ def test_a_failed_item_is_one_without_an_answer():
     assert not is_failed({"error": "no rating in the answer", "raw": "{garbage", "rating": None})
     assert not is_failed({"error": None, "raw": "{}", "rating": None, "valid": False})
     assert not is_failed({"error": None, "rating": "Safe", "valid": True})
-
-
-# ---- both executors count an unreadable answer the same way ---------------------------------
-
-
-class UnreadableGuard:
-    """A guard whose model always answers something that cannot be read."""
-
-    def __init__(self) -> None:
-        from llavaguard.policy import Policy
-
-        self.policy = Policy.load()
-        self.engine = SimpleNamespace(model_id="garbling", name="fake")
-        self.mode = SimpleNamespace(value="full")
-
-    def assess(self, images, ids, batch_size):
-        from llavaguard.guard.assessment import Assessment
-
-        return [Assessment(image=i, rating=None, valid=False, raw="{'rating': Saf",
-                           error="no rating in the answer", policy="p",
-                           policy_id=self.policy.id, model="garbling",
-                           engine="fake") for i in ids]  # fmt: skip
-
-    def close(self) -> None:
-        pass
-
-
-def unreadable_step(cache: Path | None = None):
-    from llavaguard.annotate import AnnotateConfig, AnnotateStep
-    from llavaguard.policy import Policy
-
-    cfg = AnnotateConfig(inputs=["-"], output=Path("-"))
-    return AnnotateStep(cfg, Policy.load().id, guard=UnreadableGuard(), cache=cache)
-
-
-@pytest.mark.slow
-def test_an_unreadable_answer_is_assessed_not_failed_on_both_executors(tmp_path, ray_driver):
-    """Regression: the Ray backend counted an unparseable answer as failed, the local loop
-    as assessed; an answer the model gave is assessed (and invalid) everywhere."""
-    import pyarrow.parquet as pq
-    import ray.cloudpickle
-
-    from llavaguard.annotate import ResultStore
-    from llavaguard.annotate.store import schema
-    from llavaguard.inputs.sources import read_source
-    from llavaguard.inputs.units import read_unit, units
-    from llavaguard.pipeline import UnitOutput
-    from llavaguard.pipeline.ray import RayExecutor, RayOptions
-    from llavaguard.testing import make_sample_images
-
-    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the fake guard travels
-    folder = make_sample_images(tmp_path / "in", 4, seed=1)[0].parent
-    (folder / "broken.jpg").write_bytes(b"not an image")
-    store = ResultStore(tmp_path / "local", shard_size=2)
-    local = LocalExecutor(unreadable_step(), store, batch_size=2).run(read_source([str(folder)]))
-    out = UnitOutput(tmp_path / "ray", schema=schema, answered="rating")
-    remote = RayExecutor([unreadable_step()], out, read_unit, RayOptions(batch_size=2)).run(
-        units([str(folder)], unit_size=2)
-    )
-    for rows in (store.rows().to_pylist(), pq.read_table(tmp_path / "ray").to_pylist()):
-        assert len(rows) == 5 and sum(r["rating"] is None for r in rows) == 5
-    assert local.statuses == remote.statuses == {"assessed": 4, "failed": 1}
-    assert remote.units_done == 3 and not remote.units_failed
 
 
 # ---- the JSONL writer ------------------------------------------------------------------------

@@ -46,7 +46,14 @@ def summarize(root: Path) -> dict[str, Any]:
         "runs": len(runs),
         "seconds": seconds,
         "rows_per_second": new_rows / seconds if seconds else None,
+        # a Ray run's work units that failed every try: their inputs have no rows yet
+        "units_failed": runs[-1].get("units_failed", []) if runs else [],
     }
+
+
+def _failed_unit(u: dict) -> str:
+    return (f"Work unit `{u['unit']}` ({u['path']}) failed {u['attempts']} tries in the last "
+            f"run and has no rows: {u['reason']}; the next run tries it again.\n")  # fmt: skip
 
 
 def write_report(root: Path, out: Path | None = None, thumbnails: int = 0) -> Path:
@@ -69,6 +76,7 @@ def write_report(root: Path, out: Path | None = None, thumbnails: int = 0) -> Pa
         f"{s['invalid']} incomplete answers; {s['cache_hits']} answered from the dedup cache; "
         f"{s['runs']} runs, {s['seconds']:.1f} s, {rate} rows/s.",
         "",
+        *map(_failed_unit, s["units_failed"]),
         "| rating | rows |",
         "|---|---:|",
         *(f"| {k} | {v} |" for k, v in sorted(s["ratings"].items())),

@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from llavaguard.errors import ConfigError
 from llavaguard.pipeline.executor import UnitStats
 from llavaguard.pipeline.local import LocalExecutor
 from llavaguard.pipeline.step import Result, Step
@@ -110,6 +111,12 @@ class UnitWorker:
         return {"unit": unit.name, "rows": stats.rows, "kept": kept, "statuses": stats.statuses,
                 "duplicate_ids": stats.duplicate_ids, "seconds": seconds,
                 "load_seconds": self.load_seconds}  # fmt: skip
+
+
+def _last_line(e: BaseException) -> str:
+    """The error a traceback ends with: what went wrong in an actor's constructor."""
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    return lines[-1][:300] if lines else e.__class__.__name__
 
 
 def _reason(e: BaseException) -> str:
@@ -224,7 +231,10 @@ class RayExecutor:
         try:
             result = ray.get(ref)
         except ray.exceptions.RayError as e:
-            if began or waited >= self.options.patience:
+            actor = isinstance(e, ray.exceptions.RayActorError)
+            if actor and e.actor_init_failed:  # the engine cannot load: no unit will run
+                raise ConfigError(f"an engine actor could not start: {_last_line(e)}") from None
+            if began or not actor or waited >= self.options.patience:
                 result = self._failed(unit, attempt, e, stats, retry)
             else:
                 pause = min(max(1.0, waited), 10.0)  # 1, 1, 2, 4, 8, 10, 10 s...
