@@ -171,13 +171,13 @@ def test_a_ray_run_refuses_what_it_cannot_do_before_joining_a_cluster(tmp_path, 
 
 def test_a_pool_of_servers_gives_each_actor_its_own():
     from llavaguard.annotate import AnnotateConfig
-    from llavaguard.annotate.cluster import _steps
+    from llavaguard.annotate.cluster import _actor_configs
     from llavaguard.guard import GuardSpec
 
     urls = ["http://127.0.0.1:8001/v1", "http://127.0.0.1:8002/v1"]
     spec = GuardSpec(model="m", engine="vllm", engine_options={"base_url": "http://127.0.0.1:9/v1"})
     cfg = AnnotateConfig(inputs=["-"], output=Path("-"), guard=spec, backend="ray",
                          ray_base_urls=urls)  # fmt: skip
-    steps = _steps(cfg, "pid")
-    assert [s.cfg.guard.options().base_url for s in steps] == urls
-    assert {s.cfg.guard.model for s in steps} == {"m"}  # the rest of the spec is the run's
+    configs = _actor_configs(cfg)
+    assert [c.guard.options().base_url for c in configs] == urls
+    assert {c.guard.model for c in configs} == {"m"}  # the rest of the spec is the run's

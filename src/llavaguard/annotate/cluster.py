@@ -41,13 +41,12 @@ def run_on_ray(
     _refuse_local_rows(store)
     _keep_units(cfg)
     options = cfg.source_options()
-    steps = _steps(cfg, policy_id)  # checked before the cluster is joined
+    configs = _actor_configs(cfg)  # checked before the cluster is joined
     if on_start is not None:
         on_start(count_units(cfg.inputs, cfg.source, cfg.unit_size, **options))
     connect(cfg.ray_address)
-    if cfg.dedup:
-        cache = SharedCache.start(cfg.output / CACHE)
-        steps = [AnnotateStep(s.cfg, policy_id, cache=cache) for s in steps]
+    cache = SharedCache.start(cfg.output / CACHE) if cfg.dedup else None
+    steps = [AnnotateStep(c, policy_id, cache=cache) for c in configs]
     output = UnitOutput(cfg.output, schema=schema, run=store.run, answered="rating")
     ray = RayOptions(address=cfg.ray_address, actors=cfg.ray_actors, cpus=cfg.ray_cpus,
                      gpus=cfg.ray_gpus, batch_size=cfg.batch_size, workers=cfg.workers)  # fmt: skip
@@ -56,16 +55,16 @@ def run_on_ray(
     run.run(units(cfg.inputs, cfg.source, cfg.unit_size, **options), summary)
 
 
-def _steps(cfg: AnnotateConfig, policy_id: str) -> list[AnnotateStep]:
-    """One step for every actor, or one per server of a pool (``ray_base_urls``)."""
+def _actor_configs(cfg: AnnotateConfig) -> list[AnnotateConfig]:
+    """The run's config for every actor, or one per server of a pool (``ray_base_urls``)."""
     if not cfg.ray_base_urls:
-        return [AnnotateStep(cfg, policy_id)]
+        return [cfg]
     if "base_url" not in ENGINES.get(cfg.guard.engine).Options.model_fields:
         raise ConfigError("--ray-base-url goes with --engine vllm or openai")
     specs = [cfg.guard.model_copy(update={"engine_options": {**cfg.guard.engine_options,
                                                              "base_url": url}})
              for url in cfg.ray_base_urls]  # fmt: skip
-    return [AnnotateStep(cfg.model_copy(update={"guard": s}), policy_id) for s in specs]
+    return [cfg.model_copy(update={"guard": s}) for s in specs]
 
 
 def _refuse_local_rows(store: ResultStore) -> None:

@@ -27,6 +27,7 @@ from typing import Any
 from llavaguard.errors import ConfigError
 from llavaguard.pipeline.executor import UnitStats
 from llavaguard.pipeline.local import LocalExecutor
+from llavaguard.pipeline.records import FAILED
 from llavaguard.pipeline.step import Result, Step
 from llavaguard.pipeline.units import UnitOutput
 from llavaguard.pipeline.writer import CRASH_ENV, crash_point, poison_point
@@ -105,8 +106,7 @@ class UnitWorker:
         stats = run.run(self.read(unit))
         crash_point("work", 1)  # tests: a worker dying with a unit's rows made, not written
         seconds = time.perf_counter() - started
-        failed = sum(n for s, n in stats.statuses.items() if s == "failed")
-        info = {"failed": failed, "seconds": round(seconds, 3), "by": self.where}
+        info = {"failed": stats.statuses[FAILED], "seconds": round(seconds, 3), "by": self.where}
         self.output.write(unit.name, rows.rows, info)
         return {"unit": unit.name, "rows": stats.rows, "kept": kept, "statuses": stats.statuses,
                 "duplicate_ids": stats.duplicate_ids, "seconds": seconds,
