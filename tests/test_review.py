@@ -1,0 +1,145 @@
+"""Review's data layer: rows queried where they lie (filters, orders, pages that never
+overlap), and corrections that are never lost (a second reviewer's stale save is refused),
+with undo."""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+import pytest
+
+from llavaguard.errors import ConfigError
+from llavaguard.review import Conflict, Corrections, Query, ReviewRows
+
+CATEGORIES = ("NA: None applying", "O2: Violence")
+
+
+def results(folder: Path, n: int = 40) -> list[dict]:
+    """A results folder of n rows in two shards, as annotate writes them (no model)."""
+    from llavaguard.annotate.store import ResultStore
+
+    rows = []
+    for i in range(n):
+        score = None if i % 10 == 9 else i / n
+        rows.append({"id": f"img-{i:03d}", "key": f"/data/img-{i:03d}.jpg",
+                     "rating": None if score is None else ("Unsafe" if score >= 0.5 else "Safe"),
+                     "category": None if score is None else CATEGORIES[i % 2],
+                     "score": score, "valid": score is not None,
+                     "error": "cannot read" if score is None else None})  # fmt: skip
+    store = ResultStore(folder, shard_size=n // 2)
+    store.write(rows)
+    store.flush()
+    return rows
+
+
+def test_filters_orders_and_pages_over_the_shards(tmp_path):
+    rows = results(tmp_path / "r")
+    view = ReviewRows(tmp_path / "r")
+    page = view.page(Query(limit=7))
+    assert page.total == 40 and len(page.rows) == 7
+    scores = [r["score"] for r in page.rows]
+    assert scores == sorted(scores, reverse=True) and scores[0] == max(
+        r["score"] for r in rows if r["score"] is not None
+    )
+    # pages tile the filtered rows: no row twice, none left out, unscored rows last
+    seen = [r["id"] for off in range(0, 40, 7)
+            for r in view.page(Query(limit=7, offset=off)).rows]  # fmt: skip
+    assert sorted(seen) == sorted(r["id"] for r in rows) and seen[-1] == "img-039"
+    unsafe = view.page(Query(rating="Unsafe", category="O2: Violence", limit=500))
+    expect = [r for r in rows if r["rating"] == "Unsafe" and r["category"] == "O2: Violence"]
+    assert unsafe.total == len(expect) == len(unsafe.rows)
+    assert view.page(Query(errors=True)).total == 4 == view.page(Query(rating="none")).total
+    assert view.page(Query(score_min=0.25, score_max=0.5)).total == sum(
+        1 for r in rows if r["score"] is not None and 0.25 <= r["score"] <= 0.5
+    )
+    near = view.page(Query(sort="uncertainty", threshold=0.5, limit=3)).rows
+    scored = [r for r in rows if r["score"] is not None]
+    closest = sorted(scored, key=lambda r: (abs(r["score"] - 0.5), r["id"]))[:3]
+    assert (
+        [r["id"] for r in near] == [r["id"] for r in closest] == ["img-020", "img-021", "img-018"]
+    )
+
+
+def test_the_reviewed_filter_and_an_assess_jsonl(tmp_path):
+    results(tmp_path / "r")
+    view = ReviewRows(tmp_path / "r")
+    assert view.page(Query(reviewed=True), reviewed=["img-001", "img-002"]).total == 2
+    assert view.page(Query(reviewed=False), reviewed=["img-001", "img-002"]).total == 38
+    jsonl = tmp_path / "assess.jsonl"
+    jsonl.write_text("".join(json.dumps({"image": f"a/{i}.png", "rating": "Safe", "score": 0.1 * i,
+                                         "valid": True, "error": None}) + "\n"
+                             for i in range(3)))  # fmt: skip
+    page = ReviewRows(jsonl).page(Query())
+    assert [r["id"] for r in page.rows] == ["a/2.png", "a/1.png", "a/0.png"]
+    assert page.rows[0]["key"] == "a/2.png"
+
+
+def test_what_is_not_results_is_one_line(tmp_path):
+    (tmp_path / "empty").mkdir()
+    for path, why in ((tmp_path / "empty", "no results shards"),
+                      (tmp_path / "x.csv", "results folder or an assess .jsonl")):  # fmt: skip
+        with pytest.raises(ConfigError, match=why):
+            ReviewRows(path)
+    (tmp_path / "other.jsonl").write_text('{"name": "x"}\n')
+    with pytest.raises(ConfigError):
+        ReviewRows(tmp_path / "other.jsonl")
+    with pytest.raises(ValueError):
+        Query(limit=10_000)  # a page is at most 500 rows
+
+
+def test_a_stale_save_is_refused_not_written_over(tmp_path):
+    c = Corrections(tmp_path)
+    first = c.save("img-1", "Unsafe", "O2: Violence", "ana", seen=0)
+    assert first.version == 1 and Corrections(tmp_path).get("img-1") == first  # at once
+    with pytest.raises(Conflict) as e:  # bob saw the model's answer, ana saved since
+        c.save("img-1", "Safe", "NA: None applying", "bob", seen=0)
+    assert e.value.current == first and c.get("img-1").reviewer == "ana"
+    second = c.save("img-1", "Safe", "NA: None applying", "bob", seen=1)
+    assert second.version == 2 and c.ids() == ["img-1"]
+
+
+def test_undo_takes_back_one_change_and_can_be_taken_back(tmp_path):
+    c = Corrections(tmp_path)
+    c.save("img-1", "Unsafe", "O2: Violence", "ana", seen=0)
+    c.save("img-1", "Safe", "NA: None applying", "ana", seen=1)
+    back = c.undo("img-1", "ana", seen=2)
+    assert (back.rating, back.version) == ("Unsafe", 3)
+    again = c.undo("img-1", "ana", seen=3)  # the undo taken back
+    assert (again.rating, again.version) == ("Safe", 4)
+    c2 = Corrections(tmp_path)
+    c2.save("img-2", "Unsafe", "O1: Hate", "ana", seen=0)
+    gone = c2.undo("img-2", "ana", seen=1)  # back to the model's answer: no correction
+    assert gone.rating is None and c2.ids() == ["img-1"]
+    assert c2.save("img-2", "Safe", None, "ana", seen=2).version == 3  # versions count on
+    with pytest.raises(Conflict):
+        c2.undo("img-2", "ana", seen=2)
+
+
+def test_two_reviewers_at_once_lose_no_update(tmp_path):
+    """Two processes' worth of connections saving the same items over and over: every save
+    that was not refused is in the log, and the final version counts them all."""
+    Corrections(tmp_path).close()
+    done: list[int] = []
+
+    def reviewer(name: str) -> None:
+        c = Corrections(tmp_path)
+        for _ in range(50):
+            now = c.get("img-1")
+            try:
+                c.save("img-1", "Unsafe", None, name, seen=now.version if now else 0)
+                done.append(1)
+            except Conflict:
+                pass
+        c.close()
+
+    threads = [threading.Thread(target=reviewer, args=(n,)) for n in ("ana", "bob")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    c = Corrections(tmp_path)
+    assert c.get("img-1").version == len(done)
+    log = c.db.execute("SELECT count(*) FROM log").fetchone()[0]
+    assert log == len(done)
