@@ -143,3 +143,57 @@ def test_two_reviewers_at_once_lose_no_update(tmp_path):
     assert c.get("img-1").version == len(done)
     log = c.db.execute("SELECT count(*) FROM log").fetchone()[0]
     assert log == len(done)
+
+
+def judged(folder: Path, rows: list[dict]) -> None:
+    """Give a results folder the manifest annotate writes: the default policy's id and guard."""
+    from llavaguard.annotate.store import ResultStore
+    from llavaguard.guard import GuardSpec
+    from llavaguard.policy import Policy
+
+    store = ResultStore(folder)
+    store.open({"model": "m", "policy_id": Policy.load().id}, {"guard": GuardSpec().record()},
+               False)  # fmt: skip
+    store.write_shard(rows)
+    store.close()
+
+
+def test_the_export_is_a_labelled_set_the_next_steps_read(tmp_path):
+    import io
+    import tarfile
+
+    from llavaguard.inputs.labels import read_labels
+    from llavaguard.review import export_reviewed
+    from llavaguard.testing import make_sample_images
+
+    photos = make_sample_images(tmp_path / "img", 2)
+    with tarfile.open(tmp_path / "s.tar", "w") as tar:
+        data = photos[1].read_bytes()
+        info = tarfile.TarInfo("000000001.jpg")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    rows = [{"id": "a", "key": str(photos[0]), "rating": "Unsafe", "category": "O2: Violence",
+             "score": 0.9, "valid": True},
+            {"id": "s/000000001", "key": f"{tmp_path / 's.tar'}:000000001.jpg",
+             "rating": "Safe", "category": "NA: None applying", "score": 0.2, "valid": True},
+            {"id": "c", "key": str(photos[0]), "rating": "Safe", "score": 0.1,
+             "valid": True}]  # fmt: skip
+    judged(tmp_path / "r", rows)
+    c = Corrections(tmp_path / "r")
+    c.save("a", "Safe", None, "ana")  # the model was wrong
+    c.save("s/000000001", "Unsafe", "o1", "bob")  # a code resolves to its label
+    out = tmp_path / "labels.jsonl"
+
+    assert export_reviewed(tmp_path / "r", out) == 2
+    got = {s.id: s for s in read_labels(out, require_images=True)}
+    assert (got["a"].rating, got["a"].category) == ("Safe", "NA: None applying")
+    assert got["s/000000001"].category.startswith("O1:")
+    assert Path(got["s/000000001"].image).read_bytes() == photos[1].read_bytes()  # copied out
+    line = json.loads(out.read_text().splitlines()[0])
+    assert (line["reviewer"], line["model_rating"], line["model_score"]) == ("ana", "Unsafe", 0.9)
+    # results judged under another policy than the one named are refused
+    import llavaguard.testing
+
+    synthetic = Path(llavaguard.testing.__file__).with_name("synthetic-policy.yaml")
+    with pytest.raises(ConfigError, match="judged under policy id"):
+        export_reviewed(tmp_path / "r", out, policy=synthetic)

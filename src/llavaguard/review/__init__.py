@@ -7,6 +7,15 @@ beside the results) -> export as labelled samples.
 """
 
 from llavaguard.review.corrections import Conflict, Correction, Corrections
+from llavaguard.review.export import export_reviewed
 from llavaguard.review.rows import Page, Query, ReviewRows
 
-__all__ = ["Conflict", "Correction", "Corrections", "Page", "Query", "ReviewRows"]
+__all__ = [
+    "Conflict",
+    "Correction",
+    "Corrections",
+    "Page",
+    "Query",
+    "ReviewRows",
+    "export_reviewed",
+]

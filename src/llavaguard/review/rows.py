@@ -79,6 +79,16 @@ class ReviewRows:
         names = [d[0] for d in cur.description]
         return Page([dict(zip(names, r, strict=True)) for r in cur.fetchall()], total)
 
+    def lookup(self, ids: Iterable[str]) -> dict[str, dict[str, Any]]:
+        """The rows of these ids, by id (for the reviewed items: few)."""
+        import pyarrow as pa
+
+        self.db.register("wanted", pa.table({"id": pa.array(list(ids), pa.string())}))
+        cols = ", ".join(self.columns)
+        cur = self.db.execute(f"SELECT {cols} FROM results WHERE id IN (SELECT id FROM wanted)")
+        names = [d[0] for d in cur.description]
+        return {r[0]: dict(zip(names, r, strict=True)) for r in cur.fetchall()}
+
     def close(self) -> None:
         self.db.close()
 
