@@ -4,6 +4,7 @@ with undo."""
 
 from __future__ import annotations
 
+import io
 import json
 import threading
 from pathlib import Path
@@ -78,10 +79,13 @@ def test_the_reviewed_filter_and_an_assess_jsonl(tmp_path):
 
 def test_what_is_not_results_is_one_line(tmp_path):
     (tmp_path / "empty").mkdir()
+    (tmp_path / "x.csv").write_text("id,rating\n")
     for path, why in ((tmp_path / "empty", "no results shards"),
                       (tmp_path / "x.csv", "results folder or an assess .jsonl")):  # fmt: skip
         with pytest.raises(ConfigError, match=why):
             ReviewRows(path)
+    with pytest.raises(ConfigError, match="not found"):
+        ReviewRows(tmp_path / "missing")
     (tmp_path / "other.jsonl").write_text('{"name": "x"}\n')
     with pytest.raises(ConfigError):
         ReviewRows(tmp_path / "other.jsonl")
@@ -197,3 +201,82 @@ def test_the_export_is_a_labelled_set_the_next_steps_read(tmp_path):
     synthetic = Path(llavaguard.testing.__file__).with_name("synthetic-policy.yaml")
     with pytest.raises(ConfigError, match="judged under policy id"):
         export_reviewed(tmp_path / "r", out, policy=synthetic)
+
+
+# ---- the page's HTTP side ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def client(tmp_path):
+    from fastapi.testclient import TestClient
+
+    from llavaguard.review.app import create_app
+    from llavaguard.testing import make_sample_images
+
+    photos = make_sample_images(tmp_path / "img", 3)
+    rows = [{"id": f"p{i}", "key": str(p), "rating": "Unsafe" if i else "Safe",
+             "category": "O2: Violence" if i else "NA: None applying", "score": 0.3 * i,
+             "valid": True, "category_scores": {"O2: Violence": 0.3 * i}}
+            for i, p in enumerate(photos)]  # fmt: skip
+    judged(tmp_path / "r", rows)
+    return TestClient(create_app(tmp_path / "r", reviewer="ana")), tmp_path / "r"
+
+
+def test_the_api_pages_saves_and_refuses_a_stale_save(client):
+    c, _ = client
+    assert "llavaguard review" in c.get("/").text
+    page = c.get("/api/rows", params={"sort": "score", "limit": 2}).json()
+    assert page["total"] == 3 and [r["id"] for r in page["rows"]] == ["p2", "p1"]
+    assert c.get("/api/rows", params={"limit": 9999}).status_code == 422  # typed, not pasted
+    w = {"X-Review": "1"}
+    saved = c.post("/api/corrections", json={"id": "p2", "rating": "Safe", "seen": 0}, headers=w)
+    assert saved.status_code == 200 and saved.json()["version"] == 1
+    stale = c.post("/api/corrections", json={"id": "p2", "rating": "Unsafe", "seen": 0}, headers=w)
+    assert stale.status_code == 409 and stale.json()["current"]["rating"] == "Safe"
+    item = c.get("/api/item/p2").json()
+    assert item["correction"]["reviewer"] == "ana" and item["version"] == 1
+    assert c.get("/api/rows", params={"reviewed": True}).json()["total"] == 1
+    back = c.post("/api/undo", json={"id": "p2", "seen": 1}, headers=w).json()
+    assert (
+        back["rating"] is None
+        and c.get("/api/rows", params={"reviewed": True}).json()["total"] == 0
+    )
+    agreement = c.get("/api/agreement").json()
+    assert agreement["reviewed"] == 0
+    c.post("/api/corrections", json={"id": "p1", "rating": "Safe", "seen": 0}, headers=w)
+    agreement = c.get("/api/agreement").json()
+    assert (
+        agreement["rating_confusion"] == {"Unsafe->Safe": 1} and agreement["rating_agreement"] == 0
+    )
+    policy = c.get("/api/policy").json()
+    assert "O2: Violence, Harm, or Cruelty" in policy["categories"]
+    assert policy["none"] == "NA: None applying"
+
+
+def test_images_come_only_from_the_results_and_writes_need_the_header(client):
+    c, _ = client
+    thumb = c.get("/api/image/p1", params={"thumb": True})
+    assert thumb.status_code == 200 and thumb.headers["content-type"] == "image/jpeg"
+    from PIL import Image
+
+    assert max(Image.open(io.BytesIO(thumb.content)).size) <= 256
+    for probe in ("../../etc/passwd", "/etc/passwd", "p1/../../x"):  # ids, never paths
+        assert c.get(f"/api/image/{probe}").status_code == 404
+    # a cross-site form cannot set a header: writes without it are refused
+    assert c.post("/api/corrections", json={"id": "p1", "rating": "Safe"}).status_code == 403
+    assert c.post("/api/corrections", json={"id": "zz", "rating": "Safe"},
+                  headers={"X-Review": "1"}).status_code == 404  # fmt: skip
+
+
+def test_a_token_guards_every_request(tmp_path, client):
+    from fastapi.testclient import TestClient
+
+    from llavaguard.review.app import create_app
+
+    _, results = client
+    c = TestClient(create_app(results, token="s3cret"))
+    assert c.get("/").status_code == 401 and c.get("/api/rows").status_code == 401
+    assert c.get("/", params={"token": "s3cret"}).status_code == 200  # sets the cookie
+    assert c.get("/api/rows").status_code == 200
+    other = TestClient(create_app(results, token="s3cret"))
+    assert other.get("/api/rows", headers={"Authorization": "Bearer s3cret"}).status_code == 200

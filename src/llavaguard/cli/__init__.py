@@ -20,6 +20,7 @@ from llavaguard.cli import demo as _demo
 from llavaguard.cli import evaluate as _evaluate
 from llavaguard.cli import models as _models
 from llavaguard.cli import policy as _policy
+from llavaguard.cli import review as _review
 from llavaguard.cli import serve as _serve
 from llavaguard.cli import testing as _testing
 from llavaguard.cli import train as _train
@@ -40,6 +41,7 @@ app.command("models")(_models.models)
 app.add_typer(_annotate.app, name="annotate")
 app.add_typer(_dataset.app, name="dataset")
 app.add_typer(_evaluate.app, name="evaluate")
+app.add_typer(_review.app, name="review")
 app.command("serve")(_serve.serve)
 app.command("train", no_args_is_help=True)(_train.train)
 app.command("demo")(_demo.demo)

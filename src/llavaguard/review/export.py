@@ -29,7 +29,7 @@ def export_reviewed(results: Path, out: Path, policy: str | Path | None = None) 
     corrections = Corrections(results).all()
     if not corrections:
         raise ConfigError(f"{results}: no reviewed items to export yet")
-    pol = _policy(results, policy)
+    pol = judged_policy(results, policy)
     view = ReviewRows(results)
     model = view.lookup([c.id for c in corrections])
     samples, extra = [], []
@@ -58,7 +58,7 @@ def _category(c: Correction, policy: Policy) -> str:
     return found
 
 
-def _policy(results: Path, given: str | Path | None) -> Policy:
+def judged_policy(results: Path, given: str | Path | None = None) -> Policy:
     """The policy the results were judged by: a results folder's manifest names it; an
     assess file gives only its id, so the caller names the policy and the id must match."""
     from llavaguard.guard.spec import GuardSpec

@@ -18,7 +18,17 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from llavaguard.errors import ConfigError
 
-COLUMNS = ("id", "key", "rating", "category", "score", "valid", "error", "rationale")
+COLUMNS = (
+    "id",
+    "key",
+    "rating",
+    "category",
+    "score",
+    "valid",
+    "error",
+    "rationale",
+    "category_scores",
+)
 
 
 class Query(BaseModel):
@@ -97,6 +107,8 @@ def _reader(path: Path) -> str:
     """The DuckDB table function over ``path`` (a quoted literal: paths are ours, not the
     request's, but a quote in a folder name must not break the SQL)."""
     quoted = "'" + str(path).replace("'", "''")
+    if not path.exists():
+        raise ConfigError(f"{path}: not found")
     if path.is_dir():
         if not any(path.glob("part-*.parquet")):
             raise ConfigError(f"{path}: no results shards (part-*.parquet) to review")

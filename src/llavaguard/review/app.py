@@ -1,0 +1,212 @@
+"""The review page's HTTP side: one FastAPI app over one results folder or assess file.
+
+    GET  /                      the page (review/page.html)
+    GET  /api/rows?...          a page of rows (``Query``'s fields), each with its correction
+    GET  /api/item/{id}         one row whole: rationale, category scores, correction
+    GET  /api/image/{id}        the image, or ?thumb=1 a thumbnail (made once, cached)
+    POST /api/corrections       {"id", "rating", "category", "seen"}: 409 with what is there
+    POST /api/undo              {"id", "seen"}
+    GET  /api/agreement         the model against the reviewers
+    GET  /api/policy            the policy the results were judged by: categories and text
+
+Safety: images are found by row id, never by a path a request names, so nothing outside the
+results' own sources is served; every write needs the header ``X-Review: 1`` (a cross-site
+form cannot send one) and, when a token is set, every request needs it (``Authorization:
+Bearer``, or the cookie a visit to ``/?token=...`` sets).
+"""
+
+from __future__ import annotations
+
+import io
+import mimetypes
+from collections import Counter
+from pathlib import Path
+from typing import Any, Literal
+
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request, Response
+from fastapi.responses import HTMLResponse, JSONResponse
+from pydantic import BaseModel
+
+from llavaguard.errors import ConfigError
+from llavaguard.lru import LRU
+from llavaguard.review.corrections import Conflict, Corrections
+from llavaguard.review.export import judged_policy
+from llavaguard.review.rows import Query, ReviewRows
+
+PAGE = Path(__file__).with_name("page.html")
+THUMB = 256  # px, the longer side
+
+
+class Save(BaseModel):
+    id: str
+    rating: Literal["Safe", "Unsafe"]
+    category: str | None = None
+    seen: int = 0
+
+
+class Undo(BaseModel):
+    id: str
+    seen: int
+
+
+def create_app(results: Path, token: str | None = None, reviewer: str = "reviewer") -> FastAPI:
+    """The app over ``results``; ``token``: required of every request when given."""
+    rows, notes = ReviewRows(results), Corrections(results)
+
+    def guard(request: Request) -> None:
+        if token is None:
+            return
+        given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
+        if token not in (given, request.cookies.get("review_token"),
+                         request.query_params.get("token")):  # fmt: skip
+            raise HTTPException(401, "a token is needed: open /?token=...")
+
+    def writes(request: Request) -> None:
+        if request.headers.get("x-review") != "1":
+            raise HTTPException(403, "writes need the X-Review header (the page sends it)")
+
+    app = FastAPI(title="llavaguard review", docs_url=None, redoc_url=None)
+    app.include_router(_reads(rows, notes, judged_policy(results), token),
+                       dependencies=[Depends(guard)])  # fmt: skip
+    app.include_router(_writes(rows, notes, reviewer), dependencies=[Depends(guard),
+                                                                     Depends(writes)])  # fmt: skip
+
+    @app.exception_handler(ConfigError)
+    async def config_error(_: Request, e: ConfigError) -> JSONResponse:
+        return JSONResponse({"error": str(e)}, status_code=400)
+
+    return app
+
+
+def _reads(rows: ReviewRows, notes: Corrections, policy: Any, token: str | None) -> APIRouter:
+    """The page and what it reads: rows, one item, images, the policy, the agreement."""
+    api = APIRouter()
+    thumbs: LRU[bytes] = LRU(2048)  # made on demand, kept while the page runs
+
+    @api.get("/", response_class=HTMLResponse)
+    def page(request: Request) -> Response:
+        resp = HTMLResponse(PAGE.read_text(encoding="utf-8"))
+        if token is not None and request.query_params.get("token") == token:
+            resp.set_cookie("review_token", token, httponly=True, samesite="strict")
+        return resp
+
+    @api.get("/api/policy")
+    def policy_in_force() -> dict[str, Any]:
+        return {"name": policy.name, "categories": policy.labels, "text": policy.render(),
+                "none": policy.taxonomy.none_category}  # fmt: skip
+
+    @api.get("/api/rows")
+    def page_rows(q: Query = Depends()) -> dict[str, Any]:
+        found = rows.page(q, reviewed=notes.ids())
+        return {"rows": [_with_review(r, notes) for r in found.rows], "total": found.total,
+                "offset": q.offset}  # fmt: skip
+
+    @api.get("/api/item/{item:path}")
+    def item(item: str) -> dict[str, Any]:
+        return _with_review(_row(rows, item), notes)
+
+    @api.get("/api/image/{item:path}")
+    def image(item: str, thumb: bool = False) -> Response:
+        key = _row(rows, item)["key"]
+        if not thumb:
+            return Response(_read(key), media_type=mimetypes.guess_type(key)[0] or "image/*")
+        small = thumbs.get(item)
+        if small is None:
+            small = _thumbnail(key)
+            thumbs.put(item, small)
+        return Response(small, media_type="image/jpeg")
+
+    @api.get("/api/agreement")
+    def agreement() -> dict[str, Any]:
+        return _agreement(rows, notes)
+
+    return api
+
+
+def _writes(rows: ReviewRows, notes: Corrections, reviewer: str) -> APIRouter:
+    """Saving a correction and taking one back; a stale version is a 409 with what is there."""
+    api = APIRouter()
+
+    @api.post("/api/corrections")
+    def save(body: Save) -> JSONResponse:
+        _row(rows, body.id)
+        try:
+            c = notes.save(body.id, body.rating, body.category, reviewer, seen=body.seen)
+        except Conflict as e:
+            return JSONResponse({"error": str(e), "current": _state(e.current)}, status_code=409)
+        return JSONResponse(_state(c))
+
+    @api.post("/api/undo")
+    def undo(body: Undo) -> JSONResponse:
+        try:
+            c = notes.undo(body.id, reviewer, seen=body.seen)
+        except Conflict as e:
+            return JSONResponse({"error": str(e), "current": _state(e.current)}, status_code=409)
+        return JSONResponse(_state(c))
+
+    return api
+
+
+def _with_review(row: dict[str, Any], notes: Corrections) -> dict[str, Any]:
+    """A row with its correction in force (or None) and the version a save must name."""
+    c = notes.get(row["id"])
+    return {**row, "correction": c.__dict__ if c and c.rating else None,
+            "version": c.version if c else 0}  # fmt: skip
+
+
+def _state(c: Any) -> dict[str, Any] | None:
+    return None if c is None else {**c.__dict__, "version": c.version}
+
+
+def _row(rows: ReviewRows, item: str) -> dict[str, Any]:
+    found = rows.lookup([item]).get(item)
+    if found is None:
+        raise HTTPException(404, f"no item {item!r} in these results")
+    return found
+
+
+def _read(key: str) -> bytes:
+    """The bytes of a row's image: its file, or its member of a tar shard."""
+    import tarfile
+
+    shard, sep, member = key.rpartition(":")
+    if sep and shard.endswith(".tar"):
+        with tarfile.open(shard) as tar:
+            f = tar.extractfile(member)
+            return f.read() if f is not None else b""
+    with open(key, "rb") as f:
+        return f.read()
+
+
+def _thumbnail(key: str) -> bytes:
+    """A JPEG of at most THUMB px a side; a gray square where the image cannot be read."""
+    from PIL import Image
+
+    from llavaguard.errors import ImageError
+    from llavaguard.inputs.images import load_image
+
+    try:
+        im = load_image(_read(key), name=key)
+    except (OSError, ImageError):
+        im = Image.new("RGB", (THUMB, THUMB), "gray")
+    im.thumbnail((THUMB, THUMB))
+    buf = io.BytesIO()
+    im.convert("RGB").save(buf, "JPEG", quality=85)
+    return buf.getvalue()
+
+
+def _agreement(rows: ReviewRows, notes: Corrections) -> dict[str, Any]:
+    """The model's rating and category against the reviewers', over the reviewed items."""
+    done = notes.all()
+    model = rows.lookup([c.id for c in done])
+    pairs = [(model[c.id].get("rating"), c.rating, model[c.id].get("category"), c.category)
+             for c in done if c.id in model]  # fmt: skip
+    rating = Counter(f"{m}->{r}" for m, r, _, _ in pairs)
+    same = sum(m == r for m, r, _, _ in pairs)
+    per_category: dict[str, dict[str, int]] = {}
+    for _, _, mc, rc in pairs:
+        entry = per_category.setdefault(str(mc), {"reviewed": 0, "kept": 0})
+        entry["reviewed"] += 1
+        entry["kept"] += int(rc in (None, mc))
+    return {"reviewed": len(pairs), "rating_agreement": same / len(pairs) if pairs else None,
+            "rating_confusion": dict(rating), "per_category": per_category}  # fmt: skip
