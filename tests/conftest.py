@@ -185,3 +185,23 @@ def vllm_python() -> str:
         why = (res.stderr.strip().splitlines() or ["no reason given"])[-1]
         pytest.skip(f"vLLM cannot be installed here: {why}")
     return res.stdout.strip().splitlines()[-1]
+
+
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    """Debian's chromium for the browser tests (Playwright's own browser download cannot
+    work here): installed with apt on first use where it is missing and apt can, as a user
+    of a fresh Debian machine would; skipped with the reason where it cannot be."""
+    import shutil
+
+    found = shutil.which("chromium")
+    if found is None and shutil.which("apt-get") and os.geteuid() == 0:
+        res = subprocess.run(["apt-get", "install", "-y", "-q", "chromium"], capture_output=True,
+                             text=True, timeout=1800)  # fmt: skip
+        found = shutil.which("chromium")
+        if found is None:
+            why = (res.stderr.strip().splitlines() or ["no reason given"])[-1]
+            pytest.skip(f"chromium cannot be installed here: {why}")
+    if found is None:
+        pytest.skip("no chromium, and apt cannot install it here (not root, or no apt-get)")
+    return found

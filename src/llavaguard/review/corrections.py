@@ -9,6 +9,7 @@ so undo restores what was there before, and who changed what, and when, is kept.
 from __future__ import annotations
 
 import sqlite3
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -58,22 +59,25 @@ class Corrections:
         except sqlite3.Error as e:
             raise ConfigError(f"{path}: cannot keep corrections there ({e})") from None
         self.path = path
+        self.lock = threading.RLock()  # one connection, asked from the server's threads
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
         """One write transaction, taken at once (BEGIN IMMEDIATE): a second reviewer's save
         waits for it instead of reading a version that is about to change."""
-        self.db.execute("BEGIN IMMEDIATE")
-        try:
-            yield self.db
-        except BaseException:
-            self.db.execute("ROLLBACK")
-            raise
-        self.db.execute("COMMIT")
+        with self.lock:
+            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self.db
+            except BaseException:
+                self.db.execute("ROLLBACK")
+                raise
+            self.db.execute("COMMIT")
 
     def get(self, item: str) -> Correction | None:
         """The item's latest state (its rating None when undone to the model's answer)."""
-        row = self.db.execute("SELECT * FROM corrections WHERE id = ?", (item,)).fetchone()
+        with self.lock:
+            row = self.db.execute("SELECT * FROM corrections WHERE id = ?", (item,)).fetchone()
         return Correction(*row) if row else None
 
     def save(self, item: str, rating: str, category: str | None, reviewer: str,
@@ -116,12 +120,14 @@ class Corrections:
 
     def ids(self) -> list[str]:
         """The items with a correction in force."""
-        return [r[0] for r in self.db.execute(
-            "SELECT id FROM corrections WHERE rating IS NOT NULL")]  # fmt: skip
+        with self.lock:
+            return [r[0] for r in self.db.execute(
+                "SELECT id FROM corrections WHERE rating IS NOT NULL")]  # fmt: skip
 
     def all(self) -> list[Correction]:
-        return [Correction(*r) for r in self.db.execute(
-            "SELECT * FROM corrections WHERE rating IS NOT NULL ORDER BY id")]  # fmt: skip
+        with self.lock:
+            return [Correction(*r) for r in self.db.execute(
+                "SELECT * FROM corrections WHERE rating IS NOT NULL ORDER BY id")]  # fmt: skip
 
     def close(self) -> None:
         self.db.close()

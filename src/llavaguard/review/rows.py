@@ -9,6 +9,7 @@ builds through ``Query``, a typed model: nothing a request sends is pasted into 
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,13 +74,18 @@ class ReviewRows:
         if missing:
             raise ConfigError(f"{self.path}: not results to review (no column {missing[0]!r})")
         self.columns = [c for c in COLUMNS if c in have]
+        self.lock = threading.Lock()  # one DuckDB connection; the server asks from threads
 
     def page(self, query: Query, reviewed: Iterable[str] = ()) -> Page:
         """The rows of one page and how many pass the filters; ``reviewed``: the ids that
         have a correction (for the reviewed filter)."""
+        with self.lock:
+            return self._page(query, list(reviewed))
+
+    def _page(self, query: Query, reviewed: list[str]) -> Page:
         import pyarrow as pa
 
-        self.db.register("reviewed", pa.table({"id": pa.array(list(reviewed), pa.string())}))
+        self.db.register("reviewed", pa.table({"id": pa.array(reviewed, pa.string())}))
         where, args = _where(query)
         total = self.db.execute(f"SELECT count(*) FROM results {where}", args).fetchone()[0]
         cols = ", ".join(self.columns)
@@ -93,11 +99,14 @@ class ReviewRows:
         """The rows of these ids, by id (for the reviewed items: few)."""
         import pyarrow as pa
 
-        self.db.register("wanted", pa.table({"id": pa.array(list(ids), pa.string())}))
+        wanted = pa.table({"id": pa.array(list(ids), pa.string())})
         cols = ", ".join(self.columns)
-        cur = self.db.execute(f"SELECT {cols} FROM results WHERE id IN (SELECT id FROM wanted)")
-        names = [d[0] for d in cur.description]
-        return {r[0]: dict(zip(names, r, strict=True)) for r in cur.fetchall()}
+        with self.lock:
+            self.db.register("wanted", wanted)
+            cur = self.db.execute(f"SELECT {cols} FROM results WHERE id IN (SELECT id FROM wanted)")
+            names = [d[0] for d in cur.description]
+            found = cur.fetchall()
+        return {r[0]: dict(zip(names, r, strict=True)) for r in found}
 
     def close(self) -> None:
         self.db.close()
