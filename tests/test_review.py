@@ -231,7 +231,11 @@ def test_the_api_pages_saves_and_refuses_a_stale_save(client):
     w = {"X-Review": "1"}
     saved = c.post("/api/corrections", json={"id": "p2", "rating": "Safe", "seen": 0}, headers=w)
     assert saved.status_code == 200 and saved.json()["version"] == 1
-    stale = c.post("/api/corrections", json={"id": "p2", "rating": "Unsafe", "seen": 0}, headers=w)
+    stale = c.post(
+        "/api/corrections",
+        json={"id": "p2", "rating": "Unsafe", "category": "O1", "seen": 0},
+        headers=w,
+    )
     assert stale.status_code == 409 and stale.json()["current"]["rating"] == "Safe"
     item = c.get("/api/item/p2").json()
     assert item["correction"]["reviewer"] == "ana" and item["version"] == 1
@@ -262,6 +266,16 @@ def test_images_come_only_from_the_results_and_writes_need_the_header(client):
     assert max(Image.open(io.BytesIO(thumb.content)).size) <= 256
     for probe in ("../../etc/passwd", "/etc/passwd", "p1/../../x"):  # ids, never paths
         assert c.get(f"/api/image/{probe}").status_code == 404
+    # a correction is in the policy's own words: a code resolves, Unsafe needs a category
+    w = {"X-Review": "1"}
+    bare = c.post("/api/corrections", json={"id": "p0", "rating": "Unsafe"}, headers=w)
+    assert bare.status_code == 422 and "needs one of the policy's categories" in bare.text
+    odd = c.post("/api/corrections", json={"id": "p0", "rating": "Safe", "category": "O99"},
+                 headers=w)  # fmt: skip
+    assert odd.status_code == 422
+    coded = c.post("/api/corrections", json={"id": "p0", "rating": "Unsafe", "category": "o2"},
+                   headers=w).json()  # fmt: skip
+    assert coded["category"] == "O2: Violence, Harm, or Cruelty"
     # a cross-site form cannot set a header: writes without it are refused
     assert c.post("/api/corrections", json={"id": "p1", "rating": "Safe"}).status_code == 403
     assert c.post("/api/corrections", json={"id": "zz", "rating": "Safe"},

@@ -66,10 +66,11 @@ def create_app(results: Path, token: str | None = None, reviewer: str = "reviewe
             raise HTTPException(403, "writes need the X-Review header (the page sends it)")
 
     app = FastAPI(title="llavaguard review", docs_url=None, redoc_url=None)
-    app.include_router(_reads(rows, notes, judged_policy(results), token),
+    policy = judged_policy(results)
+    app.include_router(_reads(rows, notes, policy, token),
                        dependencies=[Depends(guard)])  # fmt: skip
-    app.include_router(_writes(rows, notes, reviewer), dependencies=[Depends(guard),
-                                                                     Depends(writes)])  # fmt: skip
+    app.include_router(_writes(rows, notes, policy, reviewer),
+                       dependencies=[Depends(guard), Depends(writes)])  # fmt: skip
 
     @app.exception_handler(ConfigError)
     async def config_error(_: Request, e: ConfigError) -> JSONResponse:
@@ -123,15 +124,16 @@ def _reads(rows: ReviewRows, notes: Corrections, policy: Any, token: str | None)
     return api
 
 
-def _writes(rows: ReviewRows, notes: Corrections, reviewer: str) -> APIRouter:
+def _writes(rows: ReviewRows, notes: Corrections, policy: Any, reviewer: str) -> APIRouter:
     """Saving a correction and taking one back; a stale version is a 409 with what is there."""
     api = APIRouter()
 
     @api.post("/api/corrections")
     def save(body: Save) -> JSONResponse:
         _row(rows, body.id)
+        category = _category(body, policy)
         try:
-            c = notes.save(body.id, body.rating, body.category, reviewer, seen=body.seen)
+            c = notes.save(body.id, body.rating, category, reviewer, seen=body.seen)
         except Conflict as e:
             return JSONResponse({"error": str(e), "current": _state(e.current)}, status_code=409)
         return JSONResponse(_state(c))
@@ -145,6 +147,21 @@ def _writes(rows: ReviewRows, notes: Corrections, reviewer: str) -> APIRouter:
         return JSONResponse(_state(c))
 
     return api
+
+
+def _category(body: Save, policy: Any) -> str:
+    """The policy's own label for the correction's category: Safe without one is none
+    applying; Unsafe needs one of the policy's categories (422 otherwise)."""
+    from llavaguard.policy import canonical_category
+
+    none = policy.taxonomy.none_category
+    found = canonical_category(body.category, policy) if body.category else None
+    if body.rating == "Safe" and found in (None, none) and not (body.category and found is None):
+        return none
+    if found is None or (body.rating == "Unsafe" and found == none):
+        raise HTTPException(422, f"{body.rating} needs one of the policy's categories, "
+                                 f"not {body.category!r}")  # fmt: skip
+    return found
 
 
 def _with_review(row: dict[str, Any], notes: Corrections) -> dict[str, Any]:
