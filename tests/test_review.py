@@ -294,3 +294,34 @@ def test_a_token_guards_every_request(tmp_path, client):
     assert c.get("/api/rows").status_code == 200
     other = TestClient(create_app(results, token="s3cret"))
     assert other.get("/api/rows", headers={"Authorization": "Bearer s3cret"}).status_code == 200
+
+
+@pytest.mark.slow
+def test_the_playground_judges_an_item_again_under_declared_categories(tmp_path, tiny):
+    """With a model loaded, an item is judged again with categories allowed or sensitive,
+    beside the answer it had; a code the policy does not have is one line, 422."""
+    from fastapi.testclient import TestClient
+
+    from llavaguard.guard import Guard, GuardSpec
+    from llavaguard.review.app import create_app
+    from llavaguard.testing import make_sample_images
+
+    photo = make_sample_images(tmp_path / "img", 1)[0]
+    judged(tmp_path / "r", [{"id": "p", "key": str(photo), "rating": "Unsafe",
+                             "category": "O1: Hate, Humiliation, Harassment", "score": 0.7,
+                             "valid": True}])  # fmt: skip
+    guard = Guard.from_spec(GuardSpec(model=str(tiny), mode="triage"))
+    c = TestClient(create_app(tmp_path / "r", guard=guard))
+    assert c.get("/api/policy").json()["playground"] is True
+    w = {"X-Review": "1"}
+    res = c.post("/api/playground", json={"id": "p", "allow": ["O1", "O2"]}, headers=w).json()
+    assert res["before"]["score"] == 0.7
+    assert 0.0 <= res["after"]["score"] <= 1.0 and "O1" in res["policy"]
+    bad = c.post("/api/playground", json={"id": "p", "allow": ["O42"]}, headers=w)
+    assert bad.status_code == 422 and "\n" not in bad.json()["detail"]
+    assert (
+        TestClient(create_app(tmp_path / "r"))
+        .post("/api/playground", json={"id": "p"}, headers=w)
+        .status_code
+        == 404
+    )  # no model, no route

@@ -40,6 +40,10 @@ def open_page(
         None, "--token", envvar="LLAVAGUARD_REVIEW_TOKEN", help="Required of every request."
     ),
     reviewer: str = typer.Option("reviewer", "--reviewer", help="Who the corrections are by."),
+    # not the shared --model (its default is the released weights): none, no playground
+    playground_model: str | None = typer.Option(
+        None, "--model", help="A model for the policy playground (judge an item again)."
+    ),
 ) -> None:
     """Serve the review page: a grid of the rows (filters, order by P(Unsafe) or uncertainty),
     the image and its answer, keys to correct them; corrections are saved at once beside the
@@ -50,7 +54,12 @@ def open_page(
 
     if page_token is None and not _loopback(host):
         raise ConfigError(f"--host {host} is reachable from elsewhere: give a --token")
-    app_ = create_app(results, token=page_token, reviewer=reviewer)
+    guard = None
+    if playground_model is not None:
+        from llavaguard.guard import Guard, GuardSpec
+
+        guard = Guard.from_spec(GuardSpec(model=playground_model))
+    app_ = create_app(results, token=page_token, reviewer=reviewer, guard=guard)
     where = f"http://{host}:{port}/" + (f"?token={page_token}" if page_token else "")
     err_console.print(f"review page: {where}", highlight=False)
     uvicorn.run(app_, host=host, port=port, log_level="warning")

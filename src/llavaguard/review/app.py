@@ -8,6 +8,7 @@
     POST /api/undo              {"id", "seen"}
     GET  /api/agreement         the model against the reviewers
     GET  /api/policy            the policy the results were judged by: categories and text
+    POST /api/playground        {"id", "allow", "sensitive"}: the item judged again (--model)
 
 Safety: images are found by row id, never by a path a request names, so nothing outside the
 results' own sources is served; every write needs the header ``X-Review: 1`` (a cross-site
@@ -27,7 +28,7 @@ from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request, Respons
 from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel
 
-from llavaguard.errors import ConfigError
+from llavaguard.errors import ConfigError, LlavaGuardError
 from llavaguard.lru import LRU
 from llavaguard.review.corrections import Conflict, Corrections
 from llavaguard.review.export import judged_policy
@@ -49,11 +50,22 @@ class Undo(BaseModel):
     seen: int
 
 
-def create_app(results: Path, token: str | None = None, reviewer: str = "reviewer") -> FastAPI:
-    """The app over ``results``; ``token``: required of every request when given."""
+class Playground(BaseModel):
+    """One image again, under the results' policy with categories declared otherwise."""
+
+    id: str
+    allow: list[str] = []
+    sensitive: list[str] = []
+
+
+def create_app(
+    results: Path, token: str | None = None, reviewer: str = "reviewer", guard: Any = None
+) -> FastAPI:
+    """The app over ``results``; ``token``: required of every request when given; ``guard``:
+    a loaded Guard for the policy playground (none: no playground)."""
     rows, notes = ReviewRows(results), Corrections(results)
 
-    def guard(request: Request) -> None:
+    def checked(request: Request) -> None:
         if token is None:
             return
         given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
@@ -67,10 +79,14 @@ def create_app(results: Path, token: str | None = None, reviewer: str = "reviewe
 
     app = FastAPI(title="llavaguard review", docs_url=None, redoc_url=None)
     policy = judged_policy(results)
-    app.include_router(_reads(rows, notes, policy, token),
-                       dependencies=[Depends(guard)])  # fmt: skip
+    app.include_router(_reads(rows, notes, policy, token, guard is not None),
+                       dependencies=[Depends(checked)])  # fmt: skip
     app.include_router(_writes(rows, notes, policy, reviewer),
-                       dependencies=[Depends(guard), Depends(writes)])  # fmt: skip
+                       dependencies=[Depends(checked), Depends(writes)])  # fmt: skip
+
+    if guard is not None:
+        app.include_router(_playground(rows, policy, guard),
+                           dependencies=[Depends(checked), Depends(writes)])  # fmt: skip
 
     @app.exception_handler(ConfigError)
     async def config_error(_: Request, e: ConfigError) -> JSONResponse:
@@ -79,7 +95,9 @@ def create_app(results: Path, token: str | None = None, reviewer: str = "reviewe
     return app
 
 
-def _reads(rows: ReviewRows, notes: Corrections, policy: Any, token: str | None) -> APIRouter:
+def _reads(
+    rows: ReviewRows, notes: Corrections, policy: Any, token: str | None, playground: bool
+) -> APIRouter:
     """The page and what it reads: rows, one item, images, the policy, the agreement."""
     api = APIRouter()
     thumbs: LRU[bytes] = LRU(2048)  # made on demand, kept while the page runs
@@ -94,7 +112,7 @@ def _reads(rows: ReviewRows, notes: Corrections, policy: Any, token: str | None)
     @api.get("/api/policy")
     def policy_in_force() -> dict[str, Any]:
         return {"name": policy.name, "categories": policy.labels, "text": policy.render(),
-                "none": policy.taxonomy.none_category}  # fmt: skip
+                "none": policy.taxonomy.none_category, "playground": playground}  # fmt: skip
 
     @api.get("/api/rows")
     def page_rows(q: Query = Depends()) -> dict[str, Any]:
@@ -145,6 +163,30 @@ def _writes(rows: ReviewRows, notes: Corrections, policy: Any, reviewer: str) ->
         except Conflict as e:
             return JSONResponse({"error": str(e), "current": _state(e.current)}, status_code=409)
         return JSONResponse(_state(c))
+
+    return api
+
+
+def _playground(rows: ReviewRows, policy: Any, guard: Any) -> APIRouter:
+    """The policy playground: an item judged again under the results' policy with some
+    categories declared allowed or sensitive, beside the answer it had."""
+    import threading
+
+    api = APIRouter()
+    lock = threading.Lock()  # one model, one request at a time
+
+    @api.post("/api/playground")
+    def again(body: Playground) -> dict[str, Any]:
+        row = _row(rows, body.id)
+        try:
+            with lock:
+                a = guard.assess(_read(row["key"]), policy=policy, allow=body.allow or None,
+                                 sensitive=body.sensitive or None, ids=[body.id])  # fmt: skip
+        except LlavaGuardError as e:  # a code the policy does not have, an unreadable image
+            raise HTTPException(422, str(e).splitlines()[0]) from None
+        keys = ("rating", "category", "score", "rationale", "category_scores")
+        return {"before": {k: row.get(k) for k in keys}, "after": {k: getattr(a, k) for k in keys},
+                "policy": a.policy}  # fmt: skip
 
     return api
 
