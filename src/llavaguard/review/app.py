@@ -32,7 +32,7 @@ from llavaguard.errors import ConfigError, LlavaGuardError
 from llavaguard.lru import LRU
 from llavaguard.review.corrections import Conflict, Corrections
 from llavaguard.review.export import judged_policy
-from llavaguard.review.rows import Query, ReviewRows
+from llavaguard.review.rows import Query, ReviewRows, read_key
 
 PAGE = Path(__file__).with_name("page.html")
 THUMB = 256  # px, the longer side
@@ -117,18 +117,19 @@ def _reads(
     @api.get("/api/rows")
     def page_rows(q: Query = Depends()) -> dict[str, Any]:
         found = rows.page(q, reviewed=notes.ids())
-        return {"rows": [_with_review(r, notes) for r in found.rows], "total": found.total,
-                "offset": q.offset}  # fmt: skip
+        known = notes.many([r["id"] for r in found.rows])  # one query for the page's rows
+        return {"rows": [_with_review(r, known.get(r["id"])) for r in found.rows],
+                "total": found.total, "offset": q.offset}  # fmt: skip
 
     @api.get("/api/item/{item:path}")
     def item(item: str) -> dict[str, Any]:
-        return _with_review(_row(rows, item), notes)
+        return _with_review(_row(rows, item), notes.get(item))
 
     @api.get("/api/image/{item:path}")
     def image(item: str, thumb: bool = False) -> Response:
         key = _row(rows, item)["key"]
         if not thumb:
-            return Response(_read(key), media_type=mimetypes.guess_type(key)[0] or "image/*")
+            return Response(read_key(key), media_type=mimetypes.guess_type(key)[0] or "image/*")
         small = thumbs.get(item)
         if small is None:
             small = _thumbnail(key)
@@ -180,7 +181,7 @@ def _playground(rows: ReviewRows, policy: Any, guard: Any) -> APIRouter:
         row = _row(rows, body.id)
         try:
             with lock:
-                a = guard.assess(_read(row["key"]), policy=policy, allow=body.allow or None,
+                a = guard.assess(read_key(row["key"]), policy=policy, allow=body.allow or None,
                                  sensitive=body.sensitive or None, ids=[body.id])  # fmt: skip
         except LlavaGuardError as e:  # a code the policy does not have, an unreadable image
             raise HTTPException(422, str(e).splitlines()[0]) from None
@@ -206,9 +207,8 @@ def _category(body: Save, policy: Any) -> str:
     return found
 
 
-def _with_review(row: dict[str, Any], notes: Corrections) -> dict[str, Any]:
+def _with_review(row: dict[str, Any], c: Any) -> dict[str, Any]:
     """A row with its correction in force (or None) and the version a save must name."""
-    c = notes.get(row["id"])
     return {**row, "correction": c.__dict__ if c and c.rating else None,
             "version": c.version if c else 0}  # fmt: skip
 
@@ -224,29 +224,15 @@ def _row(rows: ReviewRows, item: str) -> dict[str, Any]:
     return found
 
 
-def _read(key: str) -> bytes:
-    """The bytes of a row's image: its file, or its member of a tar shard."""
-    import tarfile
-
-    shard, sep, member = key.rpartition(":")
-    if sep and shard.endswith(".tar"):
-        with tarfile.open(shard) as tar:
-            f = tar.extractfile(member)
-            return f.read() if f is not None else b""
-    with open(key, "rb") as f:
-        return f.read()
-
-
 def _thumbnail(key: str) -> bytes:
     """A JPEG of at most THUMB px a side; a gray square where the image cannot be read."""
     from PIL import Image
 
-    from llavaguard.errors import ImageError
     from llavaguard.inputs.images import load_image
 
     try:
-        im = load_image(_read(key), name=key)
-    except (OSError, ImageError):
+        im = load_image(read_key(key), name=key)
+    except (OSError, LlavaGuardError):  # ImageError, or a member that is not a file
         im = Image.new("RGB", (THUMB, THUMB), "gray")
     im.thumbnail((THUMB, THUMB))
     buf = io.BytesIO()

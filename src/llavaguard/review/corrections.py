@@ -118,6 +118,13 @@ class Corrections:
                         " (?, ?, ?, ?, ?, ?)",
                         (c.id, c.rating, c.category, c.reviewer, c.time, c.version))  # fmt: skip
 
+    def many(self, items: list[str]) -> dict[str, Correction]:
+        """The latest state of each of ``items`` that has one, in one query."""
+        marks = ",".join("?" * len(items))
+        with self.lock:
+            found = self.db.execute(f"SELECT * FROM corrections WHERE id IN ({marks})", items)
+            return {r[0]: Correction(*r) for r in found}
+
     def ids(self) -> list[str]:
         """The items with a correction in force."""
         with self.lock:

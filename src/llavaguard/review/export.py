@@ -9,7 +9,6 @@ An image that lives in a tar shard (``shard.tar:member``) is copied out beside t
 from __future__ import annotations
 
 import json
-import tarfile
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,7 @@ from llavaguard.inputs.labels import LabelledSample, write_labels
 from llavaguard.inputs.units import safe_name
 from llavaguard.policy import Policy, canonical_category
 from llavaguard.review.corrections import Correction, Corrections
-from llavaguard.review.rows import ReviewRows
+from llavaguard.review.rows import ReviewRows, read_key
 
 
 def export_reviewed(results: Path, out: Path, policy: str | Path | None = None) -> int:
@@ -99,9 +98,5 @@ def _image_file(key: str, folder: Path) -> str:
     folder.mkdir(parents=True, exist_ok=True)
     dest = folder / safe_name(f"{Path(shard).stem}-{member}")
     if not dest.exists():
-        with tarfile.open(shard) as tar:
-            f = tar.extractfile(member)
-            if f is None:
-                raise ConfigError(f"{key}: not a file in its shard")
-            dest.write_bytes(f.read())
+        dest.write_bytes(read_key(key))
     return str(dest)

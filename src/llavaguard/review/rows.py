@@ -159,3 +159,19 @@ def _order(q: Query) -> str:
 
 def _order_args(q: Query) -> list[Any]:
     return [q.threshold] if q.sort == "uncertainty" else []
+
+
+def read_key(key: str) -> bytes:
+    """The bytes of a row's image by its ``key``: its file, or its member of a tar shard
+    (``shard.tar:member``); the page and the export both read images this one way."""
+    import tarfile
+
+    shard, sep, member = key.rpartition(":")
+    if sep and shard.endswith(".tar"):
+        with tarfile.open(shard) as tar:
+            f = tar.extractfile(member)
+            if f is None:
+                raise ConfigError(f"{key}: not a file in its shard")
+            return f.read()
+    with open(key, "rb") as f:
+        return f.read()
