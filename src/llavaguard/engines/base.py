@@ -147,6 +147,28 @@ class Engine(ABC):
         """
         raise EngineError(f"engine {self.name} gives no scores")
 
+    def score_shared(
+        self, requests: Sequence[VisionRequest], continuations: Sequence[Sequence[str]]
+    ) -> list[Scored]:
+        """``score`` for requests that share their images and part of their text (one image
+        under several policies), each with its own continuations.
+
+        An engine may compute what the requests share once: the local engine prefills the
+        image once and walks the rest as a token tree; a vLLM server's prefix cache does the
+        same on its side, so the default (the requests grouped by continuations, each group
+        one ``score`` call) is what a server-backed engine needs. Only the first request's
+        ``Scored.prefill`` need be usable.
+        """
+        groups: dict[tuple[str, ...], list[int]] = {}
+        for i, conts in enumerate(continuations):
+            groups.setdefault(tuple(conts), []).append(i)
+        out: list[Scored | None] = [None] * len(requests)
+        for conts, members in groups.items():
+            scored = self.score([requests[i] for i in members], conts)
+            for i, s in zip(members, scored, strict=True):
+                out[i] = s
+        return [s for s in out if s is not None]
+
     def top_logprobs(
         self, requests: Sequence[VisionRequest], k: int
     ) -> list[list[tuple[str, float]]]:

@@ -406,6 +406,100 @@ class TransformersEngine(Engine):
                 row[i] += sum(logp[b, pos, tok].item() for pos, tok in targets)
         return totals
 
+    def score_shared(
+        self, requests: Sequence[VisionRequest], continuations: Sequence[Sequence[str]]
+    ) -> list[Scored]:
+        """Prefill what the requests share (the image and the policy text up to where they
+        part) once, then walk the rest as a prefix tree on the same cache
+        (``engines.prefix_tree``). The first request's prefill is handed back."""
+        if len(requests) < 2:
+            return super().score_shared(requests, continuations)
+        try:
+            return self._score_shared(requests, continuations)
+        except EngineError:
+            raise
+        except Exception as e:
+            raise EngineError(f"{self.model_id}: scoring failed ({_one_line(e)})") from e
+
+    def _score_shared(
+        self, requests: Sequence[VisionRequest], continuations: Sequence[Sequence[str]]
+    ) -> list[Scored]:
+        from llavaguard.engines.prefix_tree import PrefixTree, Walk
+
+        torch = self._torch
+        shared = self._shared_ids(requests)
+        if shared is None:  # nothing worth sharing: each prompt on its own
+            pairs = zip(requests, continuations, strict=True)
+            return [self._score_one(r, list(c)) for r, c in pairs]
+        inputs, ids = shared
+        start = min(common_length(ids), min(len(i) for i in ids) - 1)
+        tree, spans = PrefixTree(), []
+        for k, (request, conts) in enumerate(zip(requests, continuations, strict=True)):
+            suffix = ids[k][start:]
+            options = self._continuation_tokens(request.prefix, conts)
+            keep_at = len(suffix) if k == 0 else None
+            spans.append([tree.add(suffix + o, len(suffix), keep_at) for o in options])
+        with torch.inference_mode():
+            width = inputs["input_ids"].shape
+            head = {key: v[:, :start] if _per_token(v, width) else v for key, v in inputs.items()}
+            out = self.model(**head, use_cache=True, logits_to_keep=1)
+            cache = getattr(out, self._cache_kw)
+            walk = Walk(
+                forward=lambda tokens, at, keep: self._forward_run(cache, tokens, at, keep),
+                cut=lambda n: _cut(cache, n),
+                copy=lambda n: _cut(copy.deepcopy(cache), n),
+            )
+            totals = walk.run(tree, start, torch.log_softmax(out.logits[0, -1].float(), -1))
+        self.shared_tokens = (start, walk.forwarded)  # what was computed, for benchmarks
+        first = _Prefill(requests[0].prefix, inputs["input_ids"], inputs.get("pixel_values"),
+                         walk.kept[0])  # fmt: skip
+        return [
+            Scored([totals[s] for s in span], first if k == 0 else None)
+            for k, span in enumerate(spans)
+        ]
+
+    def _shared_ids(self, requests: Sequence[VisionRequest]) -> tuple[Any, list[list[int]]] | None:
+        """The processor's inputs of the first request and every request's token ids as
+        the processor would give them (image placeholders expanded), without preparing the
+        image again for each; None unless all share their images and part after them."""
+        first = requests[0]
+        if any(r.system != first.system or not _same_images(r, first) for r in requests):
+            return None
+        inputs = self._inputs([first])
+        expanded = inputs["input_ids"][0].tolist()
+        plain = [self.tokenizer(self._prompt(r))["input_ids"] for r in requests]
+        common = common_length(plain)
+        extra = len(expanded) - len(plain[0])
+        image = getattr(self.model.config, "image_token_id", None)
+        marks = [j for j, t in enumerate(plain[0]) if t == image]
+        if (first.images and not marks) or (marks and marks[-1] >= common) or extra < 0:
+            return None
+        if expanded[extra + common :] != plain[0][common:]:
+            return None  # the processor tokenizes differently: do not guess
+        return inputs, [expanded[: extra + common] + p[common:] for p in plain]
+
+    def _forward_run(self, cache: Any, tokens: list[int], start: int, keep: int) -> Any:
+        """One run of new tokens on the cache at ``start``; log-probabilities after its last
+        ``keep`` tokens."""
+        torch = self._torch
+        n = len(tokens)
+        text = torch.arange(start, start + n, device=self.device).view(1, 1, n)
+        deltas = getattr(getattr(self.model, "model", None), "rope_deltas", None)
+        pos = (
+            text[0]
+            if deltas is None
+            else torch.cat([text, text.expand(3, -1, -1) + deltas.view(1, -1, 1)[:, :1]], 0)
+        )  # Qwen-VL: a text row and 3 rope rows, shifted as in generation
+        out = self.model(
+            input_ids=torch.tensor([tokens], device=self.device),
+            position_ids=pos,
+            cache_position=torch.arange(start, start + n, device=self.device),
+            use_cache=True,
+            logits_to_keep=keep,
+            **{self._cache_kw: cache},
+        )
+        return torch.log_softmax(out.logits[0].float(), dim=-1)
+
     def top_logprobs(
         self, requests: Sequence[VisionRequest], k: int
     ) -> list[list[tuple[str, float]]]:
@@ -498,6 +592,25 @@ def _reusable(request: VisionRequest, inputs: Any) -> Any:
         )
     )
     return copy.deepcopy(handle.cache) if same else None  # generation extends it in place
+
+
+def _same_images(a: VisionRequest, b: VisionRequest) -> bool:
+    return len(a.images) == len(b.images) and all(
+        x is y for x, y in zip(a.images, b.images, strict=True)
+    )
+
+
+def _per_token(value: Any, shape: Any) -> bool:
+    """A tensor with one entry per prompt token (ids, mask, token types)."""
+    return hasattr(value, "shape") and value.dim() >= 2 and value.shape[:2] == shape
+
+
+def _cut(cache: Any, n: int) -> Any:
+    """The cache cut back to its first ``n`` tokens (in place), returned."""
+    extra = cache.get_seq_length() - n
+    if extra > 0:
+        cache.crop(-extra)
+    return cache
 
 
 class _TokenTree:

@@ -134,6 +134,16 @@ class Policy(BaseModel):
                 states[self.taxonomy.category(code).code] = state
         return Policy(taxonomy=self.taxonomy, states=states)
 
+    def in_force(self) -> list[str]:
+        """Codes of the categories an image can violate (not declared allowed), in order."""
+        return [c.code for c in self.taxonomy.categories if self._state(c) is not State.ALLOWED]
+
+    def only(self, code: str) -> Policy:
+        """This policy with every other category in force declared allowed: the question
+        "does the image violate ``code``?" (``code`` keeps its state: default or sensitive)."""
+        keep = self.taxonomy.category(code).code
+        return self.with_states(allow=[c for c in self.in_force() if c != keep])
+
     # --- what the model sees ------------------------------------------------------------
     @property
     def name(self) -> str:

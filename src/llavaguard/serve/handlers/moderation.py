@@ -45,25 +45,41 @@ class ModerationHandler(Handler):
         return ModerationResponse(
             id=f"modr-{uuid.uuid4().hex}",
             model=self.guard.engine.model_id,
-            results=[moderation_result(a, policy) for a in assessments],
+            results=[moderation_result(a, policy, self.guard.threshold) for a in assessments],
         )
 
 
-def moderation_result(a: Assessment, policy: Policy) -> ModerationResult:
-    """OpenAI's fields from an assessment. With scores, a category's score is
-    P(Unsafe) x P(category | the answered rating): for an Unsafe answer the probability of
-    "unsafe, for this category"; without scores, 1 for the flagged category, else 0."""
+def moderation_result(
+    a: Assessment, policy: Policy, threshold: float | None = None
+) -> ModerationResult:
+    """OpenAI's fields from an assessment. With ``--multi-label`` (``a.violations``), a
+    category's score is P(the image violates it), each asked on its own, so several
+    categories can be flagged at once (score >= the threshold, 0.5 by default; a category
+    declared allowed scores 0). Otherwise, with scores, P(Unsafe) x P(category | the answered
+    rating): for an Unsafe answer the probability of "unsafe, for this category"; without
+    scores, 1 for the flagged category, else 0."""
     flagged = a.rating == "Unsafe"
     labels = [c.label for c in policy.categories]
+    if a.violations is not None:
+        cut = 0.5 if threshold is None else threshold
+        scores = {c.label: a.violations.get(c.code, 0.0) for c in policy.categories}
+        named = {label: p >= cut for label, p in scores.items()}
+        return _result(flagged or any(named.values()), named, scores, a)
     named = {label: flagged and a.category == label for label in labels}
     if a.score is not None and a.category_scores:
         scores = {label: a.score * a.category_scores.get(label, 0.0) for label in labels}
     else:
         scores = {label: float(named[label]) for label in labels}
+    return _result(flagged, named, scores, a)
+
+
+def _result(
+    flagged: bool, named: dict[str, bool], scores: dict[str, float], a: Assessment
+) -> ModerationResult:
     return ModerationResult(
         flagged=flagged,
         categories=named,
         category_scores=scores,
-        category_applied_input_types={label: ["image"] for label in labels},
+        category_applied_input_types={label: ["image"] for label in named},
         assessment=a.model_dump(mode="json"),
     )
