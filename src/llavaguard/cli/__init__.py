@@ -15,6 +15,7 @@ from pydantic import ValidationError
 from llavaguard import __version__
 from llavaguard.cli import annotate as _annotate
 from llavaguard.cli import assess as _assess
+from llavaguard.cli import calibrate as _calibrate
 from llavaguard.cli import dataset as _dataset
 from llavaguard.cli import demo as _demo
 from llavaguard.cli import evaluate as _evaluate
@@ -41,6 +42,7 @@ app.command("models")(_models.models)
 app.add_typer(_annotate.app, name="annotate")
 app.add_typer(_dataset.app, name="dataset")
 app.add_typer(_evaluate.app, name="evaluate")
+app.command("calibrate", no_args_is_help=True)(_calibrate.calibrate)
 app.add_typer(_review.app, name="review")
 app.command("serve")(_serve.serve)
 app.command("train", no_args_is_help=True)(_train.train)

@@ -59,6 +59,7 @@ def run(
         labels=labels,
         predictions=predictions,
         guard=spec if "model" in spec.model_fields_set else None,
+        calibration=spec.calibration,
         output=output,
         name=name,
         variants=[v.strip() for v in (variants or "").split(",") if v.strip()],

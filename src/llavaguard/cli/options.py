@@ -80,13 +80,16 @@ OPTIONS: dict[str, tuple[Any, Any]] = {
                                             help="Refuse larger images (default 80M pixels).")),
     "max_file_mb": (float | None, typer.Option(None, "--max-file-mb",
                                                help="Refuse larger files (default 64 MB).")),
+    "multi_label": (bool, _opt(GuardSpec, "multi_label")),
+    "calibration": (str | None, _opt(GuardSpec, "calibration")),
 }  # fmt: skip
 
 MODEL = ("model", "engine", "base_url", "api_key", "concurrency", "device", "dtype", "token",
          "revision")  # fmt: skip
 POLICY = ("policy", "allow", "sensitive")
 DECODING = ("max_new_tokens", "temperature", "top_p", "top_k", "num_beams", "seed", "constrain")
-JUDGING = ("mode", "threshold", "image_max_pixels", "max_pixels", "max_file_mb")
+JUDGING = ("mode", "threshold", "image_max_pixels", "max_pixels", "max_file_mb", "multi_label",
+           "calibration")  # fmt: skip
 ALL = MODEL + POLICY + DECODING + JUDGING
 for _panel, _group in (("Model", MODEL), ("Policy", POLICY), ("Decoding", DECODING),
                        ("Judging", JUDGING)):  # fmt: skip
@@ -128,9 +131,12 @@ def spec_from_options(**flat: Any) -> GuardSpec:
     if flat.get("max_file_mb") is not None:
         limits["max_bytes"] = int(flat["max_file_mb"] * 1024 * 1024)
     fields = {k: flat[k] for k in ("policy", "allow", "sensitive", "mode", "threshold",
-                                   "image_max_pixels") if flat.get(k) is not None}  # fmt: skip
+                                   "image_max_pixels", "calibration")
+              if flat.get(k) is not None}  # fmt: skip
     if flat.get("model"):
         fields["model"] = flat["model"]
+    if flat.get("multi_label"):
+        fields["multi_label"] = True
     if "constrain" in flat:
         fields["constrained"] = flat["constrain"]
     # a refused value is a ValidationError, which ``cli.main`` prints as one line

@@ -35,6 +35,7 @@ class Prediction(BaseModel):
     error: str | None = None
     policy_id: str | None = None
     rationale: str | None = None
+    model: str | None = None
 
 
 def load_predictions(path: str | Path, notes: list[str] | None = None) -> list[Prediction]:
@@ -98,6 +99,7 @@ def _prediction(row: dict[str, Any], where: str) -> Prediction:
             error=_text(row.get("error")),
             policy_id=_text(row.get("policy_id")),
             rationale=_text(row.get("rationale")),
+            model=_text(row.get("model")),
         )
     except ValidationError as e:
         err = e.errors()[0]

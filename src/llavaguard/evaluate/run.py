@@ -45,9 +45,17 @@ class EvalConfig(BaseModel):
     bins: int = Field(10, ge=2, description="Calibration bins.")
     plots: bool = Field(True, description="Write PNG plots.")
     batch_size: int = Field(8, ge=1, description="With a guard: images per engine batch.")
+    calibration: Path | None = Field(
+        None, description="Report ECE and Brier before and after this calibration file."
+    )
 
     @model_validator(mode="after")
     def _one_source(self) -> EvalConfig:
+        if self.guard is not None and self.guard.calibration is not None:
+            # judged raw; the report shows the scores before and after the calibration
+            if self.calibration is None:
+                self.calibration = Path(self.guard.calibration)
+            self.guard = self.guard.model_copy(update={"calibration": None})
         if (self.predictions is None) == (self.guard is None):
             raise ConfigError("give either a predictions file or a model, not both or neither")
         if self.variants and self.guard is None:
@@ -212,7 +220,7 @@ class PredictStep(Step):
             for a in answers:
                 p = Prediction(id=a.image, rating=a.rating, category=a.category, score=a.score,
                                valid=a.valid, error=a.error, policy_id=a.policy_id,
-                               rationale=a.rationale)  # fmt: skip
+                               rationale=a.rationale, model=a.model)  # fmt: skip
                 results.append(_result(p, a.model_dump()))
         self.made.update((r.row["id"], Prediction.model_validate(r.row)) for r in results)
         return results
@@ -328,5 +336,9 @@ def evaluate(
         "warnings": notes,
         **compute(rows, bootstrap=cfg.bootstrap, seed=cfg.seed, bins=cfg.bins),
     }
+    if cfg.calibration is not None:
+        from llavaguard.evaluate.calibration import held_out
+
+        report["calibration"] = held_out(rows, cfg.calibration, cfg.bins)
     write_reports(report, rows, cfg.output, plots=cfg.plots)
     return report

@@ -22,9 +22,19 @@ class Assessment(BaseModel):
     rating: Rating | None = Field(None, description="Safe or Unsafe; None when not recovered.")
     category: str | None = Field(None, description="A category label of the policy, or None.")
     rationale: str | None = Field(None, description="The model's justification.")
-    score: float | None = Field(None, description="P(Unsafe), when the engine gives scores.")
+    score: float | None = Field(
+        None, description="P(Unsafe), when the engine gives scores (calibrated with --calibration)."
+    )
+    raw_score: float | None = Field(
+        None, description="With --calibration: P(Unsafe) as the model gave it."
+    )
     category_scores: dict[str, float] | None = Field(
         None, description="P(category | rating) for each category of the policy."
+    )
+    violations: dict[str, float] | None = Field(
+        None,
+        description="With --multi-label: for each category code in force, P(the image "
+        "violates it), asked under the policy in which only that category is in force.",
     )
     valid: bool = Field(False, description="The answer was read completely and is consistent.")
     error: str | None = Field(

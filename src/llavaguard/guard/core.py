@@ -26,10 +26,22 @@ from llavaguard.engines import (
 )
 from llavaguard.errors import ConfigError, EngineError, ImageError
 from llavaguard.guard.assessment import Assessment
+from llavaguard.guard.calibration import Calibration
 from llavaguard.guard.scoring import RATINGS, Scores, continuations, scores_from_logprobs
 from llavaguard.guard.spec import GuardSpec
 from llavaguard.inputs.images import ImageLimits, fit_pixels, load_image, source_id
 from llavaguard.policy import Policy, answer_prefix, parse_answer
+
+
+@dataclass(frozen=True)
+class _Judged:
+    """What scoring one image gave: its scores, the engine's handle on the scored prompt
+    (for the answer that follows), and with ``multi_label`` P(violates c) per category."""
+
+    scores: Scores
+    handle: Scored | None = None
+    violations: dict[str, float] | None = None
+    raw_score: float | None = None  # P(Unsafe) before calibration, when calibrated
 
 
 class Mode(StrEnum):
@@ -86,6 +98,8 @@ class Guard:
         scores: bool = True,
         rationale_max_chars: int = 2000,
         image_max_pixels: int | None = None,
+        multi_label: bool = False,
+        calibration: Calibration | None = None,
     ) -> None:
         """Wrap an engine. Build Guards from options with ``GuardSpec``; this constructor
         takes objects that already exist (an engine, a policy)."""
@@ -103,6 +117,11 @@ class Guard:
                 f"triage mode needs rating and category scores, which engine {engine.name} "
                 "cannot give"
             )
+        if multi_label and not (scores and engine.capabilities.scores is not ScoreKind.NONE):
+            raise ConfigError(
+                f"--multi-label needs rating scores, which engine {engine.name} cannot give"
+            )
+        self.multi_label = multi_label
         self.generation = generation or GenerationConfig()
         if constrained and self.generation.num_beams > 1:
             raise ConfigError(
@@ -117,6 +136,11 @@ class Guard:
         self.image_max_pixels = image_max_pixels
         self.policy = Policy.load(policy)
         self.image_limits = image_limits or ImageLimits()
+        self.calibration = calibration
+        if calibration is not None:
+            calibration.check(engine.model_id, self.policy.id, self.policy.describe())
+            if threshold is None and calibration.threshold is not None:
+                self.threshold = calibration.threshold.threshold  # chosen for its target
 
     @classmethod
     def from_pretrained(
@@ -154,6 +178,8 @@ class Guard:
                 constrained=spec.constrained,
                 scores=spec.scores,
                 image_max_pixels=spec.image_max_pixels,
+                multi_label=spec.multi_label,
+                calibration=Calibration.load(spec.calibration) if spec.calibration else None,
             )
         except Exception:
             if loaded:
@@ -211,6 +237,8 @@ class Guard:
         if batch_size < 1:
             raise ConfigError(f"batch size must be at least 1, got {batch_size}")
         active = self.resolve_policy(policy, allow=allow, sensitive=sensitive)
+        if self.calibration is not None:  # its scores mean nothing under another policy
+            self.calibration.check(self.engine.model_id, active.id, active.describe())
         numbered = _numbered(images, ids)
         batches = iter(lambda: list(islice(numbered, batch_size)), [])
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="llavaguard-images") as pool:
@@ -287,7 +315,7 @@ class Guard:
             VisionRequest(text=policy.text, images=(loaded[i][1],), system=self.system_prompt)
             for i in ok
         ]
-        to_generate: list[tuple[int, VisionRequest, Scores | None, str | None]] = []
+        to_generate: list[tuple[int, VisionRequest, _Judged | None, str | None]] = []
         for i, request, scored in zip(ok, base, self._scores(base, policy), strict=True):
             image_id = loaded[i][0]
             if isinstance(scored, Exception) and self.mode is Mode.TRIAGE:
@@ -295,10 +323,10 @@ class Guard:
             elif isinstance(scored, Exception):  # the answer is still worth having
                 to_generate.append((i, request, None, f"no score: {scored}"))
             elif self.mode is Mode.TRIAGE:
-                results[i] = self._triage_record(image_id, policy, scored[0])
+                results[i] = self._triage_record(image_id, policy, scored)
             else:
-                score, handle = scored if scored is not None else (None, None)
-                to_generate.append((i, self._answer_request(request, score, handle), score, None))
+                score, handle = (scored.scores, scored.handle) if scored else (None, None)
+                to_generate.append((i, self._answer_request(request, score, handle), scored, None))
         answers = self._generate([r for _, r, _, _ in to_generate], policy)
         for (i, request, score, unscored), answer in zip(to_generate, answers, strict=True):
             results[i] = self._answer_record(loaded[i][0], policy, request, answer, score, unscored)
@@ -310,7 +338,7 @@ class Guard:
         policy: Policy,
         request: VisionRequest,
         answer: str | Exception,
-        score: Scores | None,
+        score: _Judged | None,
         unscored: str | None,
     ) -> Assessment:
         if isinstance(answer, Exception):
@@ -322,28 +350,53 @@ class Guard:
 
     # ---- scores ----------------------------------------------------------------------------
     def _scores(self, requests: list[VisionRequest], policy: Policy) -> list[Any]:
-        """Scored per request (None without scores, or the error the engine raised)."""
+        """Judged per request (None without scores, or the error the engine raised)."""
         kind = self.engine.capabilities.scores
         if not self.scores or kind is ScoreKind.NONE:
             return [None] * len(requests)
         rated = [replace(r, prefix=answer_prefix()) for r in requests]
         conts = continuations(policy) if kind is ScoreKind.EXACT else list(RATINGS)
-        if self.mode is Mode.TRIAGE and len(rated) > 1:  # no answer follows: one batch
-            try:
-                return [(scores_from_logprobs(policy, s.logprobs), s)
-                        for s in self.engine.score(rated, conts)]  # fmt: skip
+        if self.mode is Mode.TRIAGE and len(rated) > 1 and not self.multi_label:
+            try:  # no answer follows: one batch
+                return [self._judged(policy, s) for s in self.engine.score(rated, conts)]
             except EngineError:
                 pass  # find the request at fault: one at a time below
         out: list[Any] = []
         for r in rated:  # the engine prefills once per request anyway; errors stay per image
             try:
-                (scored,) = self.engine.score([r], conts)
-                out.append((scores_from_logprobs(policy, scored.logprobs), scored))
+                out.append(self._judge_one(r, policy, conts))
             except EngineError as e:
                 if self.engine.capabilities.scores is ScoreKind.NONE:  # the server refused
                     return [None] * len(requests)
                 out.append(e)
         return out
+
+    def _judge_one(self, request: VisionRequest, policy: Policy, conts: list[str]) -> _Judged:
+        """One image's scores; with ``multi_label``, also P(violates c) for each category c
+        in force, asked under the policy in which only c is in force, in one engine call
+        that shares the image (and the policy text up to where the variants part)."""
+        if not self.multi_label:
+            (scored,) = self.engine.score([request], conts)
+            return self._judged(policy, scored)
+        codes = policy.in_force()
+        variants = [replace(request, text=policy.only(c).text) for c in codes]
+        scored, *asked = self.engine.score_shared(
+            [request, *variants], [conts] + [list(RATINGS)] * len(variants)
+        )
+        violations = {c: scores_from_logprobs(policy, s.logprobs).p_unsafe
+                      for c, s in zip(codes, asked, strict=True)}  # fmt: skip
+        return self._judged(policy, scored, violations)
+
+    def _judged(
+        self, policy: Policy, scored: Scored, violations: dict[str, float] | None = None
+    ) -> _Judged:
+        """Scores from the engine's log-probabilities, P(Unsafe) calibrated if asked (the
+        model's own kept beside it)."""
+        scores = scores_from_logprobs(policy, scored.logprobs)
+        if self.calibration is None:
+            return _Judged(scores, scored, violations)
+        calibrated = replace(scores, p_unsafe=self.calibration.apply(scores.p_unsafe))
+        return _Judged(calibrated, scored, violations, raw_score=scores.p_unsafe)
 
     def _decided(self, score: Scores) -> tuple[str, str]:
         rating = score.rating(self.threshold if self.threshold is not None else 0.5)
@@ -396,8 +449,9 @@ class Guard:
             **fields,
         )
 
-    def _triage_record(self, image_id: str, policy: Policy, score: Scores | None) -> Assessment:
-        assert score is not None  # triage needs scores; checked when the Guard is built
+    def _triage_record(self, image_id: str, policy: Policy, judged: _Judged | None) -> Assessment:
+        assert judged is not None  # triage needs scores; checked when the Guard is built
+        score = judged.scores
         rating, category = self._decided(score)
         return self._record(
             image_id,
@@ -406,13 +460,16 @@ class Guard:
             category=category,
             score=score.p_unsafe,
             category_scores=score.category_scores[rating],
+            violations=judged.violations,
+            raw_score=judged.raw_score,
             valid=True,
         )
 
     def _full_record(
-        self, image_id: str, policy: Policy, answer: str, score: Scores | None
+        self, image_id: str, policy: Policy, answer: str, judged: _Judged | None
     ) -> Assessment:
         parsed = parse_answer(answer, policy)
+        score = judged.scores if judged is not None else None
         rating = parsed.rating
         if score is not None and self.threshold is not None:
             rating = score.rating(self.threshold)  # the threshold decides, not the text
@@ -421,6 +478,8 @@ class Guard:
             fields["score"] = score.p_unsafe
             if rating is not None and score.category_scores is not None:
                 fields["category_scores"] = score.category_scores[rating]
+            fields["violations"] = judged.violations
+            fields["raw_score"] = judged.raw_score
         return self._record(
             image_id,
             policy,

@@ -62,6 +62,16 @@ class GuardSpec(BaseModel):
         "image tokens, faster); e.g. 147456 = one 384x384 tile.",
     )
     image_limits: ImageLimits = Field(default_factory=ImageLimits)
+    calibration: str | None = Field(
+        None,
+        description="A calibration file from 'llavaguard calibrate': scores become calibrated "
+        "probabilities (and its threshold decides, unless --threshold is given).",
+    )
+    multi_label: bool = Field(
+        False,
+        description="Also give P(violates c) for every category c in force (asked under a "
+        "policy where only c is in force; costs about one more prompt's text per category).",
+    )
 
     @field_validator("allow", "sensitive", mode="before")
     @classmethod
@@ -75,6 +85,10 @@ class GuardSpec(BaseModel):
         options = self.options()  # the engine's own model refuses what it does not take
         object.__setattr__(self, "engine_options", _set_fields(options))
         self.load_policy()  # a bad policy or code fails here, before any model is loaded
+        if self.calibration is not None:  # and a bad calibration file
+            from llavaguard.guard.calibration import Calibration
+
+            Calibration.load(self.calibration)
         if self.constrained and self.generation.num_beams > 1:
             raise ConfigError(
                 "constrained answers need num_beams=1; turn constraints off to use beam search"
