@@ -95,3 +95,18 @@ def test_training_example_runs_as_shown(tmp_path):
     assert summary["steps"] >= 1 and summary["merged"].endswith("merged")
     answer = json.loads(res.stdout.strip().splitlines()[-1])
     assert answer["rating"] in ("Safe", "Unsafe") and answer["image"].endswith("O1-0000.png")
+
+
+def test_benchmark_example_runs_as_shown(tmp_path):
+    import json
+
+    doc, res = run_example("evaluation.md", tmp_path, marker="<!-- example:benchmark -->")
+    first = json.loads((tmp_path / "runs" / "vlguard" / "report.json").read_text())
+    mapped = json.loads((tmp_path / "runs" / "vlguard-mapped" / "report.json").read_text())
+    assert (first["overall"]["n"], first["overall"]["missing"]) == (2, 0)
+    assert (mapped["overall"]["n"], mapped["overall"]["missing"]) == (3, 1)
+    assert mapped["warnings"] == []
+    (warning,) = [line for line in res.stderr.splitlines() if line.startswith("warning:")]
+    shown = doc[doc.index("The first run scores two samples") :]
+    assert warning in shown  # the documented warning is the one printed
+    assert (tmp_path / "runs" / "vlguard" / "plots" / "confusion.png").is_file()

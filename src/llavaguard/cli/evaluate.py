@@ -22,12 +22,37 @@ app = typer.Typer(
     help="Score a safeguard against a labelled set; compare runs.", no_args_is_help=True
 )
 
+# a labels file, or a public benchmark's copy (inputs/benchmarks.py): defined here, out of the
+# signature of run, which stays readable
+_LABELS = typer.Argument(
+    None, help="Labelled set: JSONL, CSV, Parquet or LLaVA JSON (or --benchmark)."
+)
+_BENCHMARK = typer.Option(
+    None,
+    "--benchmark",
+    help="Instead of LABELS, a public benchmark: unsafebench, vlguard, safeeditbench, "
+    "llavaguard (its local copy in --data).",
+)
+_DATA = typer.Option(
+    None, "--data", help="With --benchmark: the folder of its copy, in the published layout."
+)
+_SPLIT = typer.Option(None, "--split", help="With --benchmark: the split (default: test).")
+_LABEL_MAP = typer.Option(
+    None,
+    "--label-map",
+    help="With --benchmark: YAML/JSON {its category: O-code or NA}, over the default table.",
+)
+
 
 @app.command("run", no_args_is_help=True)
 # --seed here seeds the bootstrap and the variants; decoding stays greedy and unseeded
 @guard_options(MODEL, tuple(n for n in DECODING if n != "seed"), JUDGING)
 def run(
-    labels: Path = typer.Argument(..., help="Labelled set: JSONL, CSV, Parquet or LLaVA JSON."),
+    labels: Path | None = _LABELS,
+    benchmark: str | None = _BENCHMARK,
+    data: Path | None = _DATA,
+    split: str | None = _SPLIT,
+    label_map: Path | None = _LABEL_MAP,
     predictions: Path | None = typer.Option(
         None,
         "--predictions",
@@ -48,15 +73,19 @@ def run(
     batch_size: int = batch_size_option(),
     quiet: bool = quiet_option(),
 ) -> None:
-    """Evaluate predictions (from a file, or from --model) and write report.json, report.md,
+    """Evaluate predictions (from a file, or from --model) against a labelled set (LABELS, or a
+    public benchmark's copy: --benchmark, --data) and write report.json, report.md,
     samples.jsonl and plots/ to the output folder. Samples are judged under their own
     policies, so the shared policy options are not taken here."""
     from llavaguard.cli.common import progress_bar
     from llavaguard.evaluate import EvalConfig, evaluate
-    from llavaguard.evaluate.report import headline, pct
 
     cfg = EvalConfig(
         labels=labels,
+        benchmark=benchmark,
+        data=data,
+        split=split,
+        label_map=label_map,
         predictions=predictions,
         guard=spec if "model" in spec.model_fields_set else None,
         calibration=spec.calibration,
@@ -73,18 +102,26 @@ def run(
         report = evaluate(cfg, on_start=on_start, on_batch=on_batch)
     finally:
         progress.stop()
-    for note in report["warnings"]:  # said even with --quiet: they change what was scored
+    _say(report, output, quiet)
+
+
+def _say(report: dict, output: Path, quiet: bool) -> None:
+    """The warnings (even with --quiet: they change what was scored), then the headline."""
+    from llavaguard.evaluate.report import headline, pct
+
+    for note in report["warnings"]:
         err_console.print(f"warning: {note}", highlight=False, soft_wrap=True)
-    if not quiet:
-        o = report["overall"]
-        h = headline(o)
-        err_console.print(
-            f"{o['n']} samples, {o['invalid']} without a rating: balanced accuracy "
-            f"{pct(h['balanced_accuracy'])}, recall {pct(h['recall'])}, specificity "
-            f"{pct(h['specificity'])}, PER {pct(h['per'])} (%, invalid excluded)",
-            highlight=False,
-        )
-        err_console.print(f"report: {output / 'report.md'}", highlight=False)
+    if quiet:
+        return
+    o = report["overall"]
+    h = headline(o)
+    err_console.print(
+        f"{o['n']} samples, {o['invalid']} without a rating: balanced accuracy "
+        f"{pct(h['balanced_accuracy'])}, recall {pct(h['recall'])}, specificity "
+        f"{pct(h['specificity'])}, PER {pct(h['per'])} (%, invalid excluded)",
+        highlight=False,
+    )
+    err_console.print(f"report: {output / 'report.md'}", highlight=False)
 
 
 @app.command("compare", no_args_is_help=True)

@@ -1,9 +1,10 @@
 """Evaluation: score any safeguard's predictions against a labelled set, the way the LlavaGuard
 paper did and beyond (score metrics, intervals, policy generalisation), and compare runs.
 
-Flow: ``inputs.labels`` (labelled samples) -> ``data`` (predictions, join) -> ``metrics`` (pure
-functions) -> ``run`` (one evaluation) -> ``report`` / ``plots`` (files) -> ``compare`` (runs
-side by side). ``variants`` makes the policy-generalisation samples.
+Flow: ``inputs.labels`` (labelled samples; ``inputs.benchmarks`` reads public benchmarks as
+such) -> ``data`` (predictions, join) -> ``metrics`` (pure functions) -> ``run`` (one
+evaluation) -> ``report`` / ``plots`` (files) -> ``compare`` (runs side by side).
+``variants`` makes the policy-generalisation samples.
 """
 
 from llavaguard.evaluate.compare import comparison, load_run

@@ -31,7 +31,19 @@ class EvalConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    labels: Path = Field(description="Labelled set: JSONL, CSV, Parquet or LLaVA JSON.")
+    labels: Path | None = Field(
+        None, description="Labelled set: JSONL, CSV, Parquet or LLaVA JSON."
+    )
+    benchmark: str | None = Field(
+        None,
+        description="Or: a public benchmark read from --data: unsafebench, vlguard, safeeditbench "
+        "or llavaguard (docs/evaluation.md, Public benchmarks).",
+    )
+    data: Path | None = Field(None, description="With --benchmark: the folder of its local copy.")
+    split: str | None = Field(None, description="With --benchmark: the split (default: test).")
+    label_map: Path | None = Field(
+        None, description="With --benchmark: YAML/JSON {its category: O-code or NA}."
+    )
     predictions: Path | None = Field(None, description="Predictions file to score.")
     guard: GuardSpec | None = Field(None, description="Or: the safeguard to predict with.")
     output: Path = Field(Path("eval-report"), description="Folder for the report files.")
@@ -51,6 +63,7 @@ class EvalConfig(BaseModel):
 
     @model_validator(mode="after")
     def _one_source(self) -> EvalConfig:
+        self._one_labelled_set()
         if self.guard is not None and self.guard.calibration is not None:
             # judged raw; the report shows the scores before and after the calibration
             if self.calibration is None:
@@ -64,6 +77,50 @@ class EvalConfig(BaseModel):
                 "'llavaguard evaluate variants' and predict them yourself)"
             )
         return self
+
+    def _one_labelled_set(self) -> None:
+        """A labels file, or a benchmark with its folder; the benchmark's options only with it."""
+        from llavaguard.inputs.benchmarks import BENCHMARKS
+
+        if self.benchmark is None:
+            if self.labels is None:
+                raise ConfigError(
+                    "give a labelled set: a labels file, or --benchmark NAME --data PATH"
+                )
+            given = [n for n in ("data", "split", "label_map") if getattr(self, n) is not None]
+            if given:
+                raise ConfigError(f"--{given[0].replace('_', '-')} goes with --benchmark")
+            return
+        if self.labels is not None:
+            raise ConfigError("give either a labels file or --benchmark, not both")
+        BENCHMARKS.get(self.benchmark)  # an unknown name: the one line that lists them
+        if self.data is None:
+            raise ConfigError(f"--benchmark {self.benchmark} needs --data, its local copy's folder")
+
+    @property
+    def source(self) -> str:
+        """What the labelled set is, as reports name it."""
+        if self.benchmark is None:
+            return str(self.labels)
+        from llavaguard.inputs.benchmarks import DEFAULT_SPLIT
+
+        return f"{self.benchmark} {self.split or DEFAULT_SPLIT} ({self.data})"
+
+
+BENCHMARK_IMAGES = "benchmark-images"  # images a benchmark keeps as bytes, written for a model
+
+
+def read_samples(cfg: EvalConfig) -> tuple[list[LabelledSample], list[str]]:
+    """The labelled set of ``cfg``: its labels file, or its benchmark's split (whose images
+    kept as bytes go to ``output/benchmark-images`` when a model will look), and notes."""
+    if cfg.benchmark is None:
+        assert cfg.labels is not None  # EvalConfig makes sure
+        return read_labels(cfg.labels), []
+    from llavaguard.inputs.benchmarks import read_benchmark
+
+    assert cfg.data is not None
+    images = cfg.output / BENCHMARK_IMAGES if cfg.guard is not None else None
+    return read_benchmark(cfg.benchmark, cfg.data, cfg.split, cfg.label_map, images)
 
 
 # ---- metrics over joined rows --------------------------------------------------------------
@@ -286,7 +343,7 @@ def _check_matches(
     if not matched:
         raise ConfigError(
             f"{cfg.predictions}: none of its {len(predictions)} predictions matches a sample "
-            f"of {cfg.labels} by id (or image path)"
+            f"of {cfg.source} by id (or image path)"
         )
     unmatched = len(predictions) - len(matched)
     if not unmatched:
@@ -308,11 +365,10 @@ def evaluate(
     from llavaguard.evaluate.variants import make_variants
 
     cfg = cfg or EvalConfig(**kw)
-    samples = read_labels(cfg.labels)
+    samples, notes = read_samples(cfg)
     if cfg.variants:
         samples = samples + make_variants(samples, cfg.variants, seed=cfg.seed)
     source: dict[str, Any]
-    notes: list[str] = []
     if cfg.guard is not None:
         predictions, source = predict(samples, cfg, on_start, on_batch)
     else:
@@ -327,7 +383,7 @@ def evaluate(
         "name": cfg.name or cfg.output.name,
         "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "llavaguard_version": __version__,
-        "labels": str(cfg.labels),
+        "labels": cfg.source,
         **source,
         "policies": sorted(
             {p.describe() for p in {id(s.policy): s.policy for s in samples}.values()}

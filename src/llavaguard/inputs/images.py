@@ -99,7 +99,7 @@ def load_image(
             with _pillow_warnings():
                 return _decode(source, limits, label)
         data = _read(source, limits, label)
-        fmt = _sniff(data)
+        fmt = sniff_format(data)
         _check_ico_frames(data, limits, label)
         with _pillow_warnings(), Image.open(io.BytesIO(data), formats=_FORMATS) as im:
             fmt = im.format
@@ -135,7 +135,7 @@ def decoded_bytes(
     except ImageError:
         raise
     except Exception as e:
-        raise ImageError(f"{label}: {_reason(e, _sniff(bytes(source[:16])))}") from e
+        raise ImageError(f"{label}: {_reason(e, sniff_format(bytes(source[:16])))}") from e
 
 
 def _own_name(source: object) -> str | None:
@@ -216,8 +216,9 @@ _SIGNATURES = (
 )
 
 
-def _sniff(data: bytes) -> str | None:
-    """The format a file claims to be, to name it when Pillow fails before saying so."""
+def sniff_format(data: bytes) -> str | None:
+    """The format a file claims to be by its first bytes (nothing decoded): to name it when
+    Pillow fails before saying so, and to give an image kept as bytes its file extension."""
     if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
         return "WEBP"
     return next((fmt for magic, fmt in _SIGNATURES if data.startswith(magic)), None)

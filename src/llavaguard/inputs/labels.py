@@ -143,14 +143,30 @@ def read_labels(
         raise ConfigError(f"{path}: no labelled samples (the file is empty or only a header)")
     if "conversations" in first[1]:
         return _from_llava([first[1], *(row for _, row in rows)], path, default)
-    policies = _Policies(path, default)
-    base = path.parent.resolve()
+    named = ((row_where(path, n), row) for n, row in chain([first], rows))
+    return samples_from_rows(named, path.parent, default, require_images=require_images)
+
+
+def samples_from_rows(
+    rows: Iterable[tuple[str, dict[str, Any]]],
+    base: str | Path,
+    policy: Policy | None = None,
+    *,
+    require_images: bool = False,
+) -> list[LabelledSample]:
+    """Label rows (the layout ``label_row`` writes, keys as ``read_labels`` says) -> samples,
+    each checked as a labels file's rows are; ``where`` names its row in errors. Relative
+    image paths and policy files are relative to ``base``. What reads labelled samples from
+    anything other than a labels file (a public benchmark) comes through here, so its
+    samples are those the same rows in a file would give."""
+    base = Path(base)
+    policies = _Policies(base, policy or Policy.load())
+    root = base.resolve()
     out: list[LabelledSample] = []
-    seen: dict[str, int] = {}
-    for n, row in chain([first], rows):
-        where = row_where(path, n)
+    seen: dict[str, str] = {}
+    for where, row in rows:
         try:
-            sample = _sample(row, base, policies)
+            sample = _sample(row, root, policies)
             if require_images and sample.image is None:
                 raise ValueError("no image")
         except ValidationError as e:  # a column of the wrong type: say which, not pydantic's title
@@ -158,9 +174,10 @@ def read_labels(
         except (ValueError, PolicyError) as e:
             raise ConfigError(f"{where}: {str(e).splitlines()[0]}") from e
         if sample.id in seen:
-            first_at = row_where(path, seen[sample.id])
-            raise ConfigError(f"{where}: duplicate sample id {sample.id!r} (first at {first_at})")
-        seen[sample.id] = n
+            raise ConfigError(
+                f"{where}: duplicate sample id {sample.id!r} (first at {seen[sample.id]})"
+            )
+        seen[sample.id] = where
         out.append(sample)
     return out
 
@@ -210,8 +227,8 @@ class _Policies:
     """Parsed policies by spec, and resolved categories by (policy, spelling), so a million
     rows under five policies parse five times and canonicalise each distinct spelling once."""
 
-    def __init__(self, path: Path, default: Policy) -> None:
-        self.base = path.parent
+    def __init__(self, base: Path, default: Policy) -> None:
+        self.base = base
         self.default = default
         self.cache: dict[str, Policy] = {}
         self.categories: dict[tuple[int, Any, str], str] = {}
@@ -336,6 +353,18 @@ def _from_llava(rows: list[dict[str, Any]], path: Path, base: Policy) -> list[La
 def policy_from_prompt(prompt: str, base: Policy) -> Policy:
     """Which categories a prompt text declares allowed or sensitive, read back by finding
     each category's variant text in it; the result must render to the same text."""
+    allow, sensitive = prompt_states(prompt, base)
+    policy = base.with_states(allow=allow, sensitive=sensitive)
+    if policy.text != prompt.replace("<image>", "").strip():
+        raise ValueError(f"the prompt is not the {base.name} policy text")
+    return policy
+
+
+def prompt_states(prompt: str, base: Policy) -> tuple[list[str], list[str]]:
+    """The codes a prompt text declares (allowed, sensitive), found by each category's
+    default, allowed or sensitive text in it; a category found in none of them is an error.
+    Only the category blocks are read: a caller that needs the whole text to be the
+    policy's checks that itself (``policy_from_prompt``)."""
     text = prompt.replace("<image>", "").strip()
     allow, sensitive = [], []
     for c in base.categories:
@@ -346,10 +375,7 @@ def policy_from_prompt(prompt: str, base: Policy) -> Policy:
             sensitive.append(c.code)
         elif block + c.default not in text:
             raise ValueError(f"category {c.code}'s text is none of the policy's variants")
-    policy = base.with_states(allow=allow, sensitive=sensitive)
-    if policy.text != text:
-        raise ValueError(f"the prompt is not the {base.name} policy text")
-    return policy
+    return allow, sensitive
 
 
 # ---- writing ---------------------------------------------------------------------------------
