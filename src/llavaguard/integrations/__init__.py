@@ -1,0 +1,2 @@
+"""Llavaguard inside other libraries' pipelines (diffusers), each module importing its
+library only when used."""
