@@ -110,3 +110,20 @@ def test_benchmark_example_runs_as_shown(tmp_path):
     shown = doc[doc.index("The first run scores two samples") :]
     assert warning in shown  # the documented warning is the one printed
     assert (tmp_path / "runs" / "vlguard" / "plots" / "confusion.png").is_file()
+
+
+@pytest.mark.slow  # five processes, each loading a model
+def test_scores_example_runs_as_shown(tmp_path):
+    import json
+
+    run_example("scores.md", tmp_path)
+    multi = [json.loads(x) for x in (tmp_path / "multi.jsonl").read_text().splitlines()]
+    assert len(multi) == 6
+    assert all(sorted(r["violations"]) == [f"O{i}" for i in range(1, 10)] for r in multi)
+    cal = json.loads((tmp_path / "calibration.json").read_text())
+    assert cal["threshold"]["target"] == "recall" and cal["model"] == "tiny"
+    rows = [json.loads(x) for x in (tmp_path / "calibrated.jsonl").read_text().splitlines()]
+    cut = cal["threshold"]["threshold"]
+    for r in rows:
+        assert r["raw_score"] is not None and r["rating"] == ("Unsafe" if r["score"] >= cut
+                                                              else "Safe")  # fmt: skip

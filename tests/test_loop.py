@@ -28,10 +28,16 @@ def test_scales_are_valid_and_the_demo_trains_as_the_tested_light_scale():
     assert "valid: light, demo, full" in res.stderr
 
 
+@pytest.fixture(scope="module")
+def light_demo(tmp_path_factory):
+    """The light benchmark, run once through ``llavaguard demo``: its folder and the run."""
+    out = tmp_path_factory.mktemp("loop") / "demo"
+    return out, run_cli("demo", "--scale", "light", "-o", str(out), timeout=1500)
+
+
 @pytest.mark.slow
-def test_light_benchmark_learns_the_policy_through_llavaguard_demo(tmp_path):
-    out = tmp_path / "demo"
-    r = run_cli("demo", "--scale", "light", "-o", str(out), timeout=1500)
+def test_light_benchmark_learns_the_policy_through_llavaguard_demo(light_demo):
+    out, r = light_demo
     assert r.returncode == 0, r.stderr[-3000:]
     assert r.stdout.strip().splitlines()[-1] == str(out / "report.md")  # where the report is
     report = json.loads((out / "report.json").read_text())
@@ -53,3 +59,67 @@ def test_light_benchmark_learns_the_policy_through_llavaguard_demo(tmp_path):
     assert again.returncode == 0, again.stderr[-3000:]
     assert again.stderr.count("done in an earlier run") == 7, again.stderr[-3000:]
     assert json.loads((out / "report.json").read_text())["checks"] == report["checks"]
+
+
+def trained(light_demo):
+    out, r = light_demo
+    if r.returncode != 0:
+        pytest.fail("the light benchmark did not train (see the test above)")
+    return out, out / "model" / "merged"
+
+
+def held_out_images(out):
+    """The held-out images with their labels, each once (their default-policy samples)."""
+    from llavaguard.inputs.labels import read_labels
+
+    samples = read_labels(out / "dataset" / "test.labels.jsonl")
+    return [s for s in samples if s.augmentation is None and s.variant is None]
+
+
+@pytest.mark.slow
+def test_calibration_lowers_ece_on_the_trained_models_held_out_images(light_demo, tmp_path):
+    """Fitted on new synthetic images the model never saw (another seed), checked on the
+    benchmark's held-out images: ECE goes down."""
+    from llavaguard.dataset.labels import import_labels
+    from llavaguard.testing.synthetic import COMPACT_POLICY, make_benchmark
+
+    out, model = trained(light_demo)
+    annotations = make_benchmark(tmp_path / "fresh", per_category=4, safe=36, discard=0, seed=7)
+    labels = tmp_path / "fresh.labels.jsonl"
+    import_labels(str(annotations), str(labels), policy=str(COMPACT_POLICY))
+    cal = tmp_path / "calibration.json"
+    r = cli("calibrate", str(labels), "--model", str(model), "--dtype", "float32",
+            "-o", str(cal))  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    r = cli("evaluate", "run", str(out / "dataset" / "test.labels.jsonl"), "--predictions",
+            str(out / "evaluation" / "predictions.jsonl"), "--calibration", str(cal),
+            "-o", str(tmp_path / "report"), "--bootstrap", "0")  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    c = json.loads((tmp_path / "report" / "report.json").read_text())["calibration"]
+    assert c["samples"] == len(held_out_images(out))
+    assert c["after"]["ece"] < c["before"]["ece"], c
+
+
+@pytest.mark.slow
+def test_multi_label_ranks_every_category_on_held_out_images(light_demo, tmp_path):
+    """P(violates c) per category, each asked under the policy where only c is in force:
+    ROC AUC >= 0.9 for every category (positives: the images of c; negatives: the rest)."""
+    from sklearn.metrics import roc_auc_score
+
+    from llavaguard.testing.synthetic import COMPACT_POLICY
+
+    out, model = trained(light_demo)
+    held = held_out_images(out)
+    result = tmp_path / "multi.jsonl"
+    r = cli("assess", *[s.image for s in held], "--model", str(model), "--dtype", "float32",
+            "--policy", str(COMPACT_POLICY), "--mode", "triage", "--multi-label",
+            "-o", str(result))  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    rows = [json.loads(line) for line in result.read_text().splitlines()]
+    assert len(rows) == len(held) and all(row["violations"] for row in rows)
+    truth = [(s.category or "").split(":")[0] if s.rating == "Unsafe" else "" for s in held]
+    for code in rows[0]["violations"]:
+        y = [t == code for t in truth]
+        assert 0 < sum(y) < len(y), code
+        auc = roc_auc_score(y, [row["violations"][code] for row in rows])
+        assert auc >= 0.9, (code, auc)

@@ -148,7 +148,8 @@ def row(p: Prepared, record: dict[str, Any], cached: bool) -> dict[str, Any]:
         "height": p.height, "rating": record.get("rating"), "category": record.get("category"),
         "rationale": record.get("rationale"), "score": record.get("score"),
         "category_scores": record.get("category_scores"), "valid": bool(record.get("valid")),
-        "error": record.get("error"), "cached": cached, "policy_id": record["policy_id"],
+        "error": record.get("error"), "cached": cached, "raw_score": record.get("raw_score"),
+        "violations": record.get("violations"), "policy_id": record["policy_id"],
         "model": record["model"], "engine": record["engine"], "mode": record["mode"],
         "time": now_ms(),
     }  # fmt: skip
@@ -158,7 +159,15 @@ def identity(cfg: AnnotateConfig, policy_id: str) -> dict[str, Any]:
     """What must not change between the runs that fill one results folder."""
     g = cfg.guard
     return {"model": g.model, "engine": g.engine, "mode": g.mode, "policy_id": policy_id,
-            "threshold": g.threshold, "image_max_pixels": g.image_max_pixels}  # fmt: skip
+            "threshold": g.threshold, "image_max_pixels": g.image_max_pixels,
+            # None when off, as in folders written before these options existed
+            "multi_label": True if g.multi_label else None,
+            "calibration": _file_id(g.calibration)}  # fmt: skip
+
+
+def _file_id(path: str | None) -> str | None:
+    """A calibration by its content: the same file name refitted is another calibration."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16] if path else None
 
 
 class Annotator:

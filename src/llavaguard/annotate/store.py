@@ -30,7 +30,8 @@ from llavaguard.pipeline.shards import MANIFEST, ShardWriter
 __all__ = ["CACHE", "MANIFEST", "DedupCache", "ResultStore", "SharedCache", "now_ms"]
 
 CACHE = "_cache.sqlite"
-IDENTITY = ("model", "engine", "mode", "policy_id", "threshold", "image_max_pixels")
+IDENTITY = ("model", "engine", "mode", "policy_id", "threshold", "image_max_pixels",
+            "multi_label", "calibration")  # fmt: skip
 
 
 def schema() -> Any:
@@ -42,6 +43,7 @@ def schema() -> Any:
         ("rating", pa.string()), ("category", pa.string()), ("rationale", pa.string()),
         ("score", pa.float64()), ("category_scores", pa.map_(pa.string(), pa.float64())),
         ("valid", pa.bool_()), ("error", pa.string()), ("cached", pa.bool_()),
+        ("raw_score", pa.float64()), ("violations", pa.map_(pa.string(), pa.float64())),
         ("policy_id", pa.string()), ("model", pa.string()), ("engine", pa.string()),
         ("mode", pa.string()), ("time", pa.timestamp("ms", tz="UTC")),
     ])  # fmt: skip

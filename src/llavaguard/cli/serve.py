@@ -14,7 +14,7 @@ from llavaguard.serve.config import ServeConfig
     tuple(n for n in MODEL if n not in ("base_url", "api_key", "concurrency")),
     POLICY,
     DECODING,
-    ("mode", "threshold", "image_max_pixels"),
+    ("mode", "threshold", "image_max_pixels", "multi_label", "calibration"),
 )
 def serve(
     spec: GuardSpec = ...,

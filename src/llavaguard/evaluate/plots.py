@@ -135,6 +135,26 @@ def _reliability(plt: Any, report: dict[str, Any], rows: Sequence[Joined]) -> An
     return fig
 
 
+def _calibrated(plt: Any, report: dict[str, Any], rows: Sequence[Joined]) -> Any:
+    """Reliability before and after ``--calibration``, on the samples under its policy."""
+    cal = report.get("calibration")
+    if not cal:
+        return None
+    fig, ax = plt.subplots(figsize=(4, 4))
+    for when, marker in (("before", "o--"), ("after", "s-")):
+        bins = cal["reliability"][when]
+        ax.plot([b[2] for b in bins], [b[3] for b in bins], marker,
+                label=f"{when} (ECE {cal[when]['ece']:.3f})")  # fmt: skip
+    ax.plot([0, 1], [0, 1], ls=":", c="grey", lw=0.8)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("P(Unsafe), bin mean")
+    ax.set_ylabel("share of Unsafe samples")
+    ax.legend(loc="upper left", fontsize=8)
+    ax.set_title(f"Calibration: {cal['method']}, {cal['samples']} samples")
+    return fig
+
+
 # file name -> the function that draws it (None: no data for it), in the order written
 PLOTS: dict[str, Callable[[Any, dict[str, Any], Sequence[Joined]], Any]] = {
     "confusion.png": _confusion,
@@ -142,4 +162,5 @@ PLOTS: dict[str, Callable[[Any, dict[str, Any], Sequence[Joined]], Any]] = {
     "roc.png": _roc,
     "pr.png": _pr,
     "reliability.png": _reliability,
+    "calibration.png": _calibrated,
 }

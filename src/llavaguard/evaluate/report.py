@@ -72,7 +72,7 @@ def markdown(report: dict[str, Any], plots: Sequence[str] = ()) -> str:
     """report.md: the headline both ways of counting invalid answers, slices, scores,
     policy generalisation and the plots, in that order."""
     lines = _intro(report) + _headline(report) + _slices(report) + _scores(report)
-    lines += _generalisation(report)
+    lines += _generalisation(report) + _calibration(report)
     if plots:
         lines += ["", "## Plots", ""]
         lines += [f"![{Path(p).stem}]({p})" for p in plots]
@@ -158,6 +158,26 @@ def _scores(report: dict[str, Any]) -> list[str]:
     )  # fmt: skip
     lines += ["", "Best threshold: calling a score at or above it Unsafe maximises balanced "
               "accuracy. ECE over equal-width bins."]  # fmt: skip
+    return lines
+
+
+def _calibration(report: dict[str, Any]) -> list[str]:
+    cal = report.get("calibration")
+    if not cal:
+        return []
+    lines = ["", "## Calibration", "",
+             f"`{cal['file']}` ({cal['method']}) on the {cal['samples']} scored samples under "
+             f"{cal['policy']}:", ""]  # fmt: skip
+    lines += _table(
+        ["", "ECE", "Brier"],
+        [[w, dec(cal[w]["ece"]), dec(cal[w]["brier"])] for w in ("before", "after")],
+    )
+    t = cal.get("threshold")
+    if t:
+        got = t["held_out"]
+        lines += ["", f"Threshold {t['threshold']:.4f} (chosen for {t['target']} {t['value']}: "
+                  f"FPR {pct(t['fpr'])}, recall {pct(t['recall'])} where it was fitted) gives "
+                  f"FPR {pct(got['fpr'])}, recall {pct(got['recall'])} here."]  # fmt: skip
     return lines
 
 
