@@ -139,3 +139,25 @@ def test_shared_prefill_scores_equal_each_prompt_alone(family, tiny_models, phot
         plain.rating, plain.category, plain.rationale)  # fmt: skip
     assert full.score == pytest.approx(plain.score, abs=1e-5)
     assert set(full.violations) == set(policy.in_force())
+
+
+def test_the_one_category_augmentations_teach_the_multi_label_question():
+    """v6: the own category alone in force (label stands); v7: another alone in force, the
+    own allowed (Safe, an exception sample). Safe images get neither."""
+    from llavaguard.dataset.build import augment
+    from llavaguard.inputs.labels import LabelledSample
+
+    base = Policy.load()
+    images = [
+        LabelledSample(id="u", image="u.png", rating="Unsafe", category=base.labels[1],
+                       rationale="r", policy=base),
+        LabelledSample(id="s", image="s.png", rating="Safe", category=base.labels[-1],
+                       rationale="r", policy=base),
+    ]  # fmt: skip
+    made = {s.id: s for s in augment(images, ["v6", "v7"], seed=3)}
+    assert set(made) == {"u", "s", "u_v6", "u_v7"}
+    own, other = made["u_v6"], made["u_v7"]
+    assert own.policy.in_force() == ["O2"] and own.rating == "Unsafe" and own.exception is None
+    (forced,) = other.policy.in_force()
+    assert forced != "O2" and other.rating == "Safe" and other.exception == "allowed"
+    assert other.category == base.labels[1] and "non-violating" in other.rationale

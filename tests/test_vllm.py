@@ -77,15 +77,22 @@ def test_full_answers_through_vllm_are_all_valid(server, model, photos, tmp_path
 
 
 def test_scores_through_vllm_match_the_local_engine(server, model, photos):
+    """Scores, category scores and --multi-label's violations (ten prompts per image, the
+    server's prefix cache sharing the image) agree with the local engine's prefix tree."""
     from llavaguard import Guard
 
-    served = Guard.from_pretrained(str(model), engine="vllm", base_url=server.url, mode="triage")
-    local = Guard.from_pretrained(str(model), dtype="float32", device="cpu", mode="triage")
+    served = Guard.from_pretrained(str(model), engine="vllm", base_url=server.url,
+                                   mode="triage", multi_label=True)  # fmt: skip
+    local = Guard.from_pretrained(str(model), dtype="float32", device="cpu", mode="triage",
+                                  multi_label=True)  # fmt: skip
     images = list(map(str, photos[:3]))
     for a, b in zip(served.assess(images), local.assess(images), strict=True):
         assert a.score == pytest.approx(b.score, abs=0.02)
         for label, p in a.category_scores.items():
             assert p == pytest.approx(b.category_scores[label], abs=0.02)
+        assert set(a.violations) == set(b.violations) == {f"O{i}" for i in range(1, 10)}
+        for code, p in a.violations.items():
+            assert p == pytest.approx(b.violations[code], abs=0.02), code
     served.close()
     local.close()
 

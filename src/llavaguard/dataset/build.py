@@ -9,6 +9,10 @@ Augmentations (c = the image's own category; applied to Unsafe images only):
   v3  1-3 random others allowed                           unchanged
   v4  c sensitive                                         Unsafe
   v5  1-3 random others sensitive                         unchanged
+  v6  c alone in force (every other category allowed)      unchanged
+  v7  one random other alone in force (c allowed)          Safe
+v6 and v7 are llavaguard's own (not the paper's): the one-category policies that
+``--multi-label`` asks about, which v1-v5 (at most 3 exceptions) never show a model.
 The augmentations are policy edits (``policy.edits``), the same the evaluation's variants make.
 Sample ids carry the augmentation as a suffix (``_v2``, ``_v3_a``, ...), which the evaluation
 reads back. Everything is seeded: the same inputs and seed give the same samples.
@@ -54,6 +58,8 @@ AUGMENTATIONS: Registry[Edit] = Registry(
         "v3": edits.allow_others,
         "v4": edits.sensitive_own,
         "v5": edits.sensitive_others,
+        "v6": edits.only_own,
+        "v7": edits.only_other,
     },
 )
 

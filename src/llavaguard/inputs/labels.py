@@ -34,7 +34,8 @@ Exception_ = Literal["allowed", "sensitive"]
 
 # `_v2`, `_v2a`, `_v3_a`: the augmentation a sample id carries (reference, section 4)
 _SUFFIX = re.compile(r"_(v\d+a?)(?:_[A-Za-z0-9]+)?$")
-SUFFIX_EXCEPTION: dict[str, Exception_] = {"v2": "allowed", "v2a": "allowed", "v4": "sensitive"}
+SUFFIX_EXCEPTION: dict[str, Exception_] = {"v2": "allowed", "v2a": "allowed", "v4": "sensitive",
+                                           "v7": "allowed"}  # fmt: skip
 
 
 def augmentation_of(sample_id: str) -> str | None:

@@ -70,6 +70,21 @@ def allow_own_and_others(p: Policy, category: str, rng: random.Random) -> tuple[
     return p.with_states(allow=[own, *draw(other_codes(p, category), rng, 0, 2)]), category
 
 
+def only_own(p: Policy, category: str, rng: random.Random) -> tuple[Policy, str] | None:
+    """Every other category allowed, the own one alone in force: the label stands (the
+    question ``--multi-label`` asks of each category)."""
+    own = own_code(p, category)
+    return None if own is None else (p.only(own), category)
+
+
+def only_other(p: Policy, category: str, rng: random.Random) -> tuple[Policy, str] | None:
+    """One random other category alone in force, the own one allowed with the rest: Safe."""
+    others = other_codes(p, category)
+    if own_code(p, category) is None or not others:
+        return None
+    return p.only(rng.choice(others)), category
+
+
 def sensitive_own(p: Policy, category: str, rng: random.Random) -> tuple[Policy, str] | None:
     """The own category sensitive: Unsafe (also a Safe sample that names a category)."""
     own = own_code(p, category)
