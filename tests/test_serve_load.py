@@ -434,3 +434,34 @@ def test_sigterm_stops_a_busy_server_within_seconds(tiny):
     assert proc.returncode == -signal.SIGTERM  # re-raises the signal it handled
     print(f"stopped in {took:.1f} s; answers: {outcomes}")
     assert outcomes == (503, 503)  # both told at once: shutting down, retry elsewhere
+
+
+def test_multi_label_moderation_and_a_calibration_held_to_its_policy(tiny):
+    """--multi-label: /v1/moderations' category_scores are each category's own P(violates);
+    --calibration: a request under another policy than the one it was fitted for is a
+    one-line 400, the calibrated score and raw_score come back for the one it fits."""
+    from llavaguard import Guard, Policy
+    from llavaguard.guard.calibration import Calibration
+
+    policy = Policy.load()
+    cal = Calibration(model=str(tiny), policy_id=policy.id, policy=policy.describe(),
+                      method="temperature", temperature=3.0)  # fmt: skip
+    g = Guard.from_pretrained(str(tiny), dtype="float32", mode="triage", multi_label=True)
+    g.calibration = cal
+    url = data_url(png())
+
+    async def requests(client, app):
+        r = await client.post(
+            "/v1/moderations", json={"input": [{"type": "image_url", "image_url": {"url": url}}]}
+        )
+        assert r.status_code == 200, r.text
+        (result,) = r.json()["results"]
+        violations = result["assessment"]["violations"]
+        assert {c.label: violations[c.code] for c in policy.categories} == result["category_scores"]
+        a = result["assessment"]
+        assert a["score"] == pytest.approx(cal.apply(a["raw_score"]))
+        r = await client.post("/v1/assess", json={"image_url": url, "allow": ["O3"]})
+        one_line_error(r, 400, "fitted under policy llavaguard-v1.2")
+
+    call(g, requests)
+    g.close()

@@ -237,8 +237,7 @@ class Guard:
         if batch_size < 1:
             raise ConfigError(f"batch size must be at least 1, got {batch_size}")
         active = self.resolve_policy(policy, allow=allow, sensitive=sensitive)
-        if self.calibration is not None:  # its scores mean nothing under another policy
-            self.calibration.check(self.engine.model_id, active.id, active.describe())
+        self.check_calibrated(active)
         numbered = _numbered(images, ids)
         batches = iter(lambda: list(islice(numbered, batch_size)), [])
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="llavaguard-images") as pool:
@@ -288,6 +287,12 @@ class Guard:
     ) -> Policy:
         base = self.policy if policy is None else Policy.load(policy)
         return base.with_states(allow=allow, sensitive=sensitive)
+
+    def check_calibrated(self, policy: Policy) -> None:
+        """ConfigError when a calibration is applied and ``policy`` is not the one it was
+        fitted under: its map means nothing for scores under another prompt."""
+        if self.calibration is not None:
+            self.calibration.check(self.engine.model_id, policy.id, policy.describe())
 
     # ------------------------------------------------------------------------------------
     def _load_batch(self, batch: list[tuple[str, Any]]) -> list[tuple[str, Any]]:

@@ -48,6 +48,7 @@ class AssessHandler(Handler):
         """Images through the batcher, admitted together; the policy's answer grammar is
         compiled first, in a worker thread. ApiError 502 when the model failed on one."""
         try:
+            self.guard.check_calibrated(policy)
             prepared = await run_in_threadpool(self.guard.prepare, policy)
         except (ConfigError, PolicyError) as e:
             raise ApiError(400, str(e)) from None
