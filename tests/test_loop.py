@@ -98,28 +98,3 @@ def test_calibration_lowers_ece_on_the_trained_models_held_out_images(light_demo
     c = json.loads((tmp_path / "report" / "report.json").read_text())["calibration"]
     assert c["samples"] == len(held_out_images(out))
     assert c["after"]["ece"] < c["before"]["ece"], c
-
-
-@pytest.mark.slow
-def test_multi_label_ranks_every_category_on_held_out_images(light_demo, tmp_path):
-    """P(violates c) per category, each asked under the policy where only c is in force:
-    ROC AUC >= 0.9 for every category (positives: the images of c; negatives: the rest)."""
-    from sklearn.metrics import roc_auc_score
-
-    from llavaguard.testing.synthetic import COMPACT_POLICY
-
-    out, model = trained(light_demo)
-    held = held_out_images(out)
-    result = tmp_path / "multi.jsonl"
-    r = cli("assess", *[s.image for s in held], "--model", str(model), "--dtype", "float32",
-            "--policy", str(COMPACT_POLICY), "--mode", "triage", "--multi-label",
-            "-o", str(result))  # fmt: skip
-    assert r.returncode == 0, r.stderr[-3000:]
-    rows = [json.loads(line) for line in result.read_text().splitlines()]
-    assert len(rows) == len(held) and all(row["violations"] for row in rows)
-    truth = [(s.category or "").split(":")[0] if s.rating == "Unsafe" else "" for s in held]
-    for code in rows[0]["violations"]:
-        y = [t == code for t in truth]
-        assert 0 < sum(y) < len(y), code
-        auc = roc_auc_score(y, [row["violations"][code] for row in rows])
-        assert auc >= 0.9, (code, auc)

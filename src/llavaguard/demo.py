@@ -48,12 +48,10 @@ class LoopConfig(BaseModel):
 
 # The light and demo scales teach the small model the own-category exception twice per Unsafe
 # image (v1.2's recipe has it once, beside three v3): in the five minutes a newcomer waits, the
-# v1.2 recipe left PER at 0.889 (3 epochs) and 0.833 (4 epochs) on the held-out images, two v2
-# reached 1.000 (`llavaguard demo --scale light`; docs/benchmarks.md). One of each pair is the
-# one-category form (v6: only the own category in force; v7: only another, the own allowed),
-# the policies --multi-label asks about, which v1-v5 never show: trained with two v3 and two
-# v2, per-category AUCs on the held-out images were 0.61-1.0 (most near 0.7). Full keeps v1.2's.
-DEMO_RECIPE = ["v3", "v6", "v2", "v7"]
+# v1.2 recipe left PER at 0.889 (3 epochs) and 0.833 (4 epochs) on the held-out images, this
+# one reached 1.000 (`llavaguard demo --scale light`; docs/benchmarks.md). Full keeps v1.2's.
+# The one-category forms (v6, v7) in place of one v3 and one v2 broke it: PER 0.5 (v7 0.0).
+DEMO_RECIPE = ["v3", "v3", "v2", "v2"]
 
 SCALES: dict[str, dict[str, Any]] = {
     # the test suite's version: fewer images, under the compact taxonomy (a 570-token prompt);
