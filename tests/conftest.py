@@ -21,6 +21,15 @@ import pytest
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# OpenMP threads that sleep while they wait, in this process and every process a test starts
+# (CLI runs, servers, Ray nodes, vLLM; read once when torch loads). By default torch's threads
+# spin between operations; on a busy machine (two cores shared with a server, a CLI run or
+# other work) the spinning thread takes the core its partner needs, and the same tests took 3
+# to 10 times as long (test_scores.py 205 s against 25 s; a light demo's training step took
+# 42 minutes). With sleeping threads they run as fast as with one thread there, and the thread
+# count, and so every number a model computes, stays the machine's (two threads on an idle
+# machine). setdefault: a run that sets it keeps its own choice.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 # the test Ray cluster's token (testing.ray), set before anything imports Ray, which reads it
 # once: the tests that drive the cluster from this process need it
 os.environ["RAY_AUTH_MODE"] = "token"

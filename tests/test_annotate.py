@@ -122,6 +122,18 @@ def answered(cache: Path) -> int:
         return 0
 
 
+def start_interruptible(cmd: list[str]) -> subprocess.Popen:
+    """``cmd`` started so that Ctrl-C reaches it: a shell starts a background job (``pytest
+    &``) with SIGINT ignored, every child inherits that, and the run then ignored the test's
+    Ctrl-C and finished (exit 0). A handler, unlike "ignore", is reset to the default by exec."""
+    was = signal.getsignal(signal.SIGINT)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    finally:
+        signal.signal(signal.SIGINT, was)
+
+
 def test_ctrl_c_writes_what_is_done_and_exits_130(tmp_path, tiny):
     from llavaguard.annotate import ResultStore
     from llavaguard.testing import make_sample_images
@@ -131,7 +143,7 @@ def test_ctrl_c_writes_what_is_done_and_exits_130(tmp_path, tiny):
     cmd = [sys.executable, "-m", "llavaguard", "annotate", "run", str(tmp_path / "in"), "-o",
            str(out), "--model", str(tiny), "--mode", "triage", "-b", "2", "--shard-size", "1000",
            "-q"]  # fmt: skip
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = start_interruptible(cmd)
     deadline = time.time() + 120
     while time.time() < deadline and answered(out / "_cache.sqlite") < 4:
         time.sleep(0.2)  # until some batches are answered, none yet in a shard (1000 a shard)

@@ -67,26 +67,6 @@ def answered(cache: Path) -> int:
 # ---- a second run ----------------------------------------------------------------------------
 
 
-@pytest.mark.slow
-def test_a_second_run_into_the_same_folder_is_refused(tmp_path, tiny):
-    from llavaguard.testing import make_sample_images
-
-    images = make_sample_images(tmp_path / "many", 40, seed=11)
-    out = tmp_path / "out"
-    cmd = command(tmp_path / "many", out, tiny)
-    first = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 180
-    while answered(out / "_cache.sqlite") < 1 and time.time() < deadline:
-        assert first.poll() is None, first.communicate()[1]
-        time.sleep(0.2)
-    second = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-    assert second.returncode == 2, second.stderr  # refused while the first holds the folder
-    assert "is in use by another run" in one_line(second.stderr)
-    _, stderr = first.communicate(timeout=600)
-    assert first.returncode == 0, stderr
-    assert ids(out) == sorted(p.name for p in images)  # each input exactly once
-
-
 def test_two_writers_never_pick_the_same_shard_name(tmp_path, monkeypatch):
     """Without the lock (a folder on a file system without flock, a caller that skips
     ``open``), two writers that name a shard at the same moment both keep their rows."""
@@ -340,7 +320,11 @@ def test_rows_reach_disk_every_interval_on_the_local_executor(tmp_path):
 
 
 @pytest.mark.slow
-def test_kill_9_after_the_flush_interval_keeps_the_rows(tmp_path, tiny):
+def test_kill_9_after_the_flush_interval_keeps_the_rows_and_a_second_run_is_refused(tmp_path, tiny):
+    """A run killed once its first shard is closed by the flush interval keeps that shard's
+    rows; the rerun goes on, and while it works a second run into the folder is refused; the
+    rerun ends with each input exactly once. (The kill and the refused second run are one
+    test: each ran the 40 inputs through the model.)"""
     from llavaguard.testing import make_sample_images
 
     images = make_sample_images(tmp_path / "many", 40, seed=11)
@@ -356,7 +340,17 @@ def test_kill_9_after_the_flush_interval_keeps_the_rows(tmp_path, tiny):
     proc.wait()
     on_disk = len(ids(out))
     assert running and 0 < on_disk < len(images), (running, on_disk)
-    # the kill left no lock behind: the rerun goes on and redoes only the rest
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-    assert res.returncode == 0, res.stderr
-    assert ids(out) == sorted(p.name for p in images)
+    # the kill left no lock behind: the rerun goes on and redoes only the rest ...
+    known = answered(out / "_cache.sqlite")
+    first = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 180
+    while answered(out / "_cache.sqlite") <= known and time.time() < deadline:
+        assert first.poll() is None, first.communicate()[1]
+        time.sleep(0.2)
+    # ... and holds the folder: a second run is refused while it works
+    second = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert second.returncode == 2, second.stderr  # refused while the first holds the folder
+    assert "is in use by another run" in one_line(second.stderr)
+    _, stderr = first.communicate(timeout=600)
+    assert first.returncode == 0, stderr
+    assert ids(out) == sorted(p.name for p in images)  # each input exactly once

@@ -27,7 +27,10 @@ def built(tmp_path_factory, tiny_models) -> dict[str, Path]:
     labels = root / "labels.jsonl"
     import_labels(str(csv), str(labels))
     data = root / "data"
-    build_dataset(str(labels), str(data), test_fraction=0.25)
+    # one policy variant per Unsafe image, not the v1.2 recipe's four: 26 training samples
+    # instead of 72 (4 steps an epoch, not 9), each still under its own policy text; what these
+    # tests check (steps, evaluations, resuming, merging) does not depend on how many
+    build_dataset(str(labels), str(data), test_fraction=0.25, recipe=("v2",))
     base = tiny_models("llava-onevision")  # read only: training writes to its own folder
     return {"root": root, "data": data, "base": base, "images": root / "synthetic" / "images"}
 

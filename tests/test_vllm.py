@@ -22,10 +22,9 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory) -> Path:
-    from llavaguard.testing import build_tiny_model
-
-    return build_tiny_model(tmp_path_factory.mktemp("vllm") / "ov", "llava-onevision")
+def model(tiny) -> Path:
+    """The session's tiny llava-onevision model (the server only reads it)."""
+    return tiny
 
 
 @pytest.fixture(scope="module")
@@ -48,11 +47,18 @@ def assess(server, model, photos, out: Path, *extra: str) -> list[dict]:
     return read_jsonl(out)
 
 
-def test_triage_through_vllm_scores_every_photo(server, model, photos, tmp_path):
+@pytest.fixture(scope="module")
+def triage(server, model, photos, tmp_path_factory) -> list[dict]:
+    """The triage records of three photos through vLLM (two tests read them)."""
+    out = tmp_path_factory.mktemp("triage") / "t.jsonl"
+    return assess(server, model, photos, out, "--mode", "triage")
+
+
+def test_triage_through_vllm_scores_every_photo(triage):
     from llavaguard.policy import Policy
 
     labels = Policy.load(None).labels
-    records = assess(server, model, photos, tmp_path / "t.jsonl", "--mode", "triage")
+    records = triage
     assert len(records) == 3
     for r in records:
         assert r["error"] is None and 0.0 <= r["score"] <= 1.0
@@ -61,12 +67,11 @@ def test_triage_through_vllm_scores_every_photo(server, model, photos, tmp_path)
         assert r["category"] == max(labels, key=r["category_scores"].__getitem__)
 
 
-def test_full_answers_through_vllm_are_all_valid(server, model, photos, tmp_path):
+def test_full_answers_through_vllm_are_all_valid(server, model, photos, triage, tmp_path):
     from llavaguard.policy import Policy
 
     labels = Policy.load(None).labels
     full = assess(server, model, photos, tmp_path / "f.jsonl", "--max-new-tokens", "60")
-    triage = assess(server, model, photos, tmp_path / "t.jsonl", "--mode", "triage")
     for answer, scored in zip(full, triage, strict=True):
         assert answer["error"] is None and answer["valid"], answer
         assert answer["rating"] in ("Safe", "Unsafe") and answer["category"] in labels
@@ -119,31 +124,75 @@ def test_a_model_the_server_does_not_serve_is_one_line(server, photos):
     assert res.stderr.count("\n") == 1 and "not AIML-TUDA/LlavaGuard-v1.2-0.5B-OV-hf" in res.stderr
 
 
-def test_annotate_through_vllm_survives_the_server_dying(vllm_python, server, model, tmp_path):
-    """Kill -9 the server mid-run: the inputs in flight and after get rows saying the server
-    could not be reached, the run ends (exit 1) instead of hanging, and the same command
-    finishes the job once a server is back. Last in the module: it kills the module's server
-    (and starts another on its port, as the run's records name it)."""
+# A loopback TCP relay, run as its own process: ``python -c RELAY LISTEN_PORT TARGET_PORT``.
+RELAY = """
+import asyncio, sys
+
+async def pipe(reader, writer):
+    try:
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+    except ConnectionError:
+        pass
+    finally:
+        writer.close()
+
+async def connect(client_reader, client_writer):
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", int(sys.argv[2]))
+    except OSError:
+        client_writer.close()
+        return
+    await asyncio.gather(pipe(client_reader, writer), pipe(reader, client_writer))
+
+async def main():
+    server = await asyncio.start_server(connect, "127.0.0.1", int(sys.argv[1]))
+    print("ready", flush=True)
+    await server.serve_forever()
+
+asyncio.run(main())
+"""
+
+
+def start_relay(port: int, target: int) -> subprocess.Popen:
+    """A relay process on loopback ``port`` to the server on ``target``, once it listens."""
+    relay = subprocess.Popen([sys.executable, "-c", RELAY, str(port), str(target)],
+                             stdout=subprocess.PIPE, text=True)  # fmt: skip
+    assert relay.stdout.readline().strip() == "ready"
+    return relay
+
+
+def test_annotate_through_vllm_survives_the_server_dying(server, model, tmp_path):
+    """Kill -9 the server the run talks to mid-run: the inputs in flight and after get rows
+    saying the server could not be reached, the run ends (exit 1) instead of hanging, and the
+    same command finishes the job once a server is back on its port.
+
+    The run talks to the module's vLLM through a relay process on a port of its own, and the
+    relay is what dies and comes back: to the run that is a server killed with SIGKILL (its
+    connections cut mid-reply, its port refused) and one started again, without a second
+    vLLM start (a minute) and with the module's server left for the other tests."""
     from llavaguard.testing import make_sample_images
-    from llavaguard.testing.vllm import start_vllm
 
     inputs = tmp_path / "in"
     make_sample_images(inputs, 8, seed=5)
-    out, port = tmp_path / "out", server.port
+    out, port = tmp_path / "out", free_port()
     command = [sys.executable, "-m", "llavaguard", "annotate", "run", str(inputs), "-o", str(out),
                "--engine", "vllm", "--base-url", f"http://127.0.0.1:{port}/v1", "--model",
                str(model), "--mode", "triage", "-b", "2", "--shard-size", "2",
                "--flush-seconds", "1", "-q"]  # fmt: skip
+    relay = start_relay(port, server.port)
     run = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 300
         while not list(out.glob("part-*.parquet")) and time.monotonic() < deadline:
             time.sleep(0.5)
         assert list(out.glob("part-*.parquet")), "no shard in 5 minutes"
-        server.kill()
+        relay.kill()
         _, stderr = run.communicate(timeout=300)
     finally:
-        server.kill()
+        relay.kill()
+        relay.wait()
         run.kill()
     import pyarrow.parquet as pq
 
@@ -152,11 +201,12 @@ def test_annotate_through_vllm_survives_the_server_dying(vllm_python, server, mo
     assert run.returncode == 1, stderr
     assert failed and all(f"127.0.0.1:{port}" in r["error"] for r in failed), failed[:2]
     assert len({r["id"] for r in rows}) == len(rows)
-    again = start_vllm(vllm_python, model, port)
+    again = start_relay(port, server.port)
     try:
         res = cli(*command[3:])
     finally:
-        again.stop()
+        again.kill()
+        again.wait()
     assert res.returncode == 0, res.stderr
     rows = pq.read_table(out).to_pylist()
     assert len(rows) == 8 and all(r["rating"] is not None for r in rows)
