@@ -125,14 +125,21 @@ def _reliability(plt: Any, report: dict[str, Any], rows: Sequence[Joined]) -> An
            width=[hi - lo for lo, hi, *_ in bins], edgecolor="black", alpha=0.6,
            label="share Unsafe")  # fmt: skip
     ax.plot([b[2] for b in bins], [b[3] for b in bins], "o", c="C1", label="bin mean score")
+    _reliability_frame(
+        ax, "P(Unsafe)", f"Reliability (ECE {report['overall']['scores']['ece']:.3f})"
+    )
+    return fig
+
+
+def _reliability_frame(ax: Any, xlabel: str, title: str) -> None:
+    """The unit square of a reliability diagram: the diagonal, axes, legend and title."""
     ax.plot([0, 1], [0, 1], ls="--", c="grey", lw=0.8)
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
-    ax.set_xlabel("P(Unsafe)")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel("share of Unsafe samples")
     ax.legend(loc="upper left", fontsize=8)
-    ax.set_title(f"Reliability (ECE {report['overall']['scores']['ece']:.3f})")
-    return fig
+    ax.set_title(title)
 
 
 def _calibrated(plt: Any, report: dict[str, Any], rows: Sequence[Joined]) -> Any:
@@ -145,13 +152,8 @@ def _calibrated(plt: Any, report: dict[str, Any], rows: Sequence[Joined]) -> Any
         bins = cal["reliability"][when]
         ax.plot([b[2] for b in bins], [b[3] for b in bins], marker,
                 label=f"{when} (ECE {cal[when]['ece']:.3f})")  # fmt: skip
-    ax.plot([0, 1], [0, 1], ls=":", c="grey", lw=0.8)
-    ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1)
-    ax.set_xlabel("P(Unsafe), bin mean")
-    ax.set_ylabel("share of Unsafe samples")
-    ax.legend(loc="upper left", fontsize=8)
-    ax.set_title(f"Calibration: {cal['method']}, {cal['samples']} samples")
+    _reliability_frame(ax, "P(Unsafe), bin mean",
+                       f"Calibration: {cal['method']}, {cal['samples']} samples")  # fmt: skip
     return fig
 
 

@@ -137,10 +137,9 @@ class Guard:
         self.policy = Policy.load(policy)
         self.image_limits = image_limits or ImageLimits()
         self.calibration = calibration
-        if calibration is not None:
-            calibration.check(engine.model_id, self.policy.id, self.policy.describe())
-            if threshold is None and calibration.threshold is not None:
-                self.threshold = calibration.threshold.threshold  # chosen for its target
+        self.check_calibrated(self.policy)
+        if threshold is None and calibration is not None and calibration.threshold is not None:
+            self.threshold = calibration.threshold.threshold  # chosen for its target
 
     @classmethod
     def from_pretrained(
