@@ -2,14 +2,17 @@
 Brier before and after, on held-out images) and --multi-label (ROC AUC of P(violates c) for
 every category on held-out images).
 
-The model is the light benchmark's (``llavaguard demo --scale light``: a small random model
-trained on the CPU); it is trained first when --demo holds none. The calibration is fitted on
+The model is a synthetic benchmark run's (a small random model trained on the CPU): the light
+one (``llavaguard demo --scale light``, trained first when --demo holds none) or the full one
+(``bench/bench_synthetic.py --scale full``, under the LlavaGuard v1.2 policy). Each is judged
+under the policy it was trained on, as its run's report.json says. The calibration is fitted on
 new synthetic images from another seed (none of them seen in training), and judged on the
 benchmark's held-out images, as tests/test_loop.py does.
 
     .venv/bin/python bench/bench_scores.py --demo /tmp/llavaguard-demo-light
+    .venv/bin/python bench/bench_scores.py --demo /tmp/llavaguard-bench-synthetic/full --name full
 
-Writes bench/results/scores-light.json.
+Writes bench/results/scores-<name>.json.
 """
 
 from __future__ import annotations
@@ -26,16 +29,24 @@ from common import run_record
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def run_policy(demo: Path) -> str | None:
+    """The policy the run trained and judged under: the compact taxonomy or v1.2 (None)."""
+    from llavaguard.testing.synthetic import COMPACT_POLICY
+
+    config = json.loads((demo / "report.json").read_text())["config"]
+    return str(COMPACT_POLICY) if config["compact_policy"] else None
+
+
 def calibration(demo: Path, work: Path, model: Path) -> dict:
     from llavaguard.dataset.labels import import_labels
     from llavaguard.evaluate import EvalConfig, evaluate
     from llavaguard.evaluate.calibrate import CalibrateConfig, calibrate
     from llavaguard.guard.spec import GuardSpec
-    from llavaguard.testing.synthetic import COMPACT_POLICY, make_benchmark
+    from llavaguard.testing.synthetic import make_benchmark
 
     annotations = make_benchmark(work / "fresh", per_category=4, safe=36, discard=0, seed=7)
     labels = work / "fresh.labels.jsonl"
-    import_labels(str(annotations), str(labels), policy=str(COMPACT_POLICY))
+    import_labels(str(annotations), str(labels), policy=run_policy(demo))
     spec = GuardSpec(model=str(model), engine_options={"dtype": "float32"})
     cal = calibrate(CalibrateConfig(labels=labels, guard=spec, output=work / "cal.json"))
     report = evaluate(EvalConfig(
@@ -52,12 +63,11 @@ def multi_label(demo: Path, model: Path) -> dict:
 
     from llavaguard import Guard
     from llavaguard.inputs.labels import read_labels
-    from llavaguard.testing.synthetic import COMPACT_POLICY
 
     held = [s for s in read_labels(demo / "dataset" / "test.labels.jsonl")
             if s.augmentation is None and s.variant is None]  # fmt: skip
     guard = Guard.from_pretrained(str(model), dtype="float32", mode="triage",
-                                  policy=str(COMPACT_POLICY), multi_label=True)  # fmt: skip
+                                  policy=run_policy(demo), multi_label=True)  # fmt: skip
     start = time.perf_counter()
     rows = guard.assess([s.image for s in held])
     seconds = time.perf_counter() - start
@@ -71,6 +81,7 @@ def multi_label(demo: Path, model: Path) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--demo", type=Path, default=Path("/tmp/llavaguard-demo-light"))
+    ap.add_argument("--name", default="light", help="bench/results/scores-<name>.json")
     args = ap.parse_args()
     if not (args.demo / "report.json").is_file():
         subprocess.run([sys.executable, "-m", "llavaguard", "demo", "--scale", "light", "-o",
@@ -80,7 +91,7 @@ def main() -> None:
     result = {**run_record(), "demo": json.loads((args.demo / "report.json").read_text())["checks"],
               "calibration": calibration(args.demo, work, model),
               "multi_label": multi_label(args.demo, model)}  # fmt: skip
-    out = ROOT / "bench" / "results" / "scores-light.json"
+    out = ROOT / "bench" / "results" / f"scores-{args.name}.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
     c, m = result["calibration"]["held_out"], result["multi_label"]
     print(

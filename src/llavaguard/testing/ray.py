@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -106,13 +107,33 @@ class RayCluster:
         ray.init(address=self.address, log_to_driver=False, configure_logging=False)
 
     def stop(self) -> None:
-        for proc in reversed(self.nodes):
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
+        """Kill this cluster's processes and remove its folder. Not ``ray stop``: that kills
+        every Ray process on the machine, a user's own clusters too. The processes are the
+        nodes' descendants (raylets, GCS, workers) and any that name the cluster's folder."""
+        import psutil
+
+        for proc in _processes(self):
+            with contextlib.suppress(psutil.Error):
+                proc.kill()
+        for proc in self.nodes:
             proc.wait()
-        ray = str(Path(sys.executable).with_name("ray"))
-        subprocess.run([ray, "stop", "--force"], env=self.env, capture_output=True, timeout=60,
-                       check=False)  # fmt: skip
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def _processes(cluster: RayCluster) -> list:
+    """Every live process of the cluster, found before any is killed (a worker orphaned by
+    its raylet's death is no longer its descendant)."""
+    import psutil
+
+    found: dict[int, psutil.Process] = {}
+    for node in cluster.nodes:
+        with contextlib.suppress(psutil.Error):
+            root = psutil.Process(node.pid)
+            found.update({p.pid: p for p in [root, *root.children(recursive=True)]})
+    for proc in psutil.process_iter(["cmdline"]):
+        if any(str(cluster.tmp) in arg for arg in proc.info["cmdline"] or ()):
+            found[proc.pid] = proc
+    return list(found.values())
 
 
 def start_cluster(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import tempfile
@@ -45,6 +46,7 @@ class VLLMServer:
     proc: subprocess.Popen
     port: int
     log: IO[str]
+    tmp: str | None = None  # the server's TMPDIR (its IPC sockets), removed with it
 
     @property
     def url(self) -> str:
@@ -68,6 +70,8 @@ class VLLMServer:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.proc.pid, signal.SIGKILL)
         self.proc.wait()
+        if self.tmp:
+            shutil.rmtree(self.tmp, ignore_errors=True)
 
 
 def start_vllm(
@@ -83,12 +87,16 @@ def start_vllm(
     """Start a server and return once ``/health`` answers; RuntimeError with the end of its
     log if it exits or is not ready in ``timeout`` seconds."""
     log = tempfile.TemporaryFile("w+")  # noqa: SIM115 (the server's; closed with it)
-    env = {**os.environ, "VLLM_LOGGING_LEVEL": "WARNING", "PYTHONPATH": "", **(env or {})}
+    # vLLM leaves its ZMQ sockets and file-store paths in the temp folder when it is killed;
+    # a folder of the server's own keeps them out of /tmp and goes with the server
+    tmp = tempfile.mkdtemp(prefix="lgvllm-")
+    env = {**os.environ, "VLLM_LOGGING_LEVEL": "WARNING", "PYTHONPATH": "", "TMPDIR": tmp,
+           "VLLM_RPC_BASE_PATH": tmp, **(env or {})}  # fmt: skip
     proc = subprocess.Popen(
         vllm_command(python, model, port, memory=memory, extra=extra),
         stdout=log, stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True,
     )  # fmt: skip
-    server = VLLMServer(proc, port, log)
+    server = VLLMServer(proc, port, log, tmp)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
