@@ -1,10 +1,13 @@
 """The review page in a real browser (Playwright driving Debian's chromium) over a real
 annotation folder: filter, review ten items by keyboard, reload and find them kept, export
-the corrections and evaluate the export. Screenshots for docs/review.md come from here."""
+the corrections and evaluate the export. Screenshots for docs/review.md come from here: they go
+to the test's own folder unless LLAVAGUARD_DOC_SHOTS names one (a test run leaves the checkout
+as it was; ``LLAVAGUARD_DOC_SHOTS=docs/img pytest tests/test_review_browser.py`` refreshes them)."""
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -16,7 +19,6 @@ import pytest
 from conftest import cli, free_port
 
 pytestmark = pytest.mark.slow
-DOCS_IMG = Path(__file__).resolve().parents[1] / "docs" / "img"
 
 
 @pytest.fixture
@@ -49,6 +51,7 @@ def test_review_ten_by_keyboard_reload_export_and_evaluate(page_server, chromium
     from playwright.sync_api import expect, sync_playwright
 
     url, tmp = page_server
+    shots = Path(os.environ.get("LLAVAGUARD_DOC_SHOTS", tmp / "shots"))
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
         page = browser.new_page(viewport={"width": 1400, "height": 900})
@@ -67,8 +70,8 @@ def test_review_ten_by_keyboard_reload_export_and_evaluate(page_server, chromium
         page.keyboard.press("k")
         page.keyboard.press("s")
         expect(page.locator(".card.reviewed")).to_have_count(10)
-        DOCS_IMG.mkdir(exist_ok=True)
-        page.screenshot(path=str(DOCS_IMG / "review-grid.png"))
+        shots.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(shots / "review-grid.png"))
         page.reload()  # everything was saved at once
         expect(page.locator(".card.reviewed")).to_have_count(10)
         page.select_option("#f-reviewed", "false")
@@ -78,7 +81,7 @@ def test_review_ten_by_keyboard_reload_export_and_evaluate(page_server, chromium
         expect(page.locator("#detail-review")).to_contain_text("by ana")
         page.click("#agreement-link")
         expect(page.locator("#agreement")).to_contain_text("10 reviewed")
-        page.screenshot(path=str(DOCS_IMG / "review-agreement.png"))
+        page.screenshot(path=str(shots / "review-agreement.png"))
         browser.close()
     assert failed == []
     labels = tmp / "labels.jsonl"
