@@ -87,10 +87,10 @@ def start_vllm(
     """Start a server and return once ``/health`` answers; RuntimeError with the end of its
     log if it exits or is not ready in ``timeout`` seconds."""
     log = tempfile.TemporaryFile("w+")  # noqa: SIM115 (the server's; closed with it)
-    # vLLM leaves its ZMQ sockets and file-store paths in the temp folder when it is killed;
-    # a folder of the server's own keeps them out of /tmp and goes with the server
+    # vLLM leaves its ZMQ sockets in /tmp when it is killed: a folder of the server's own
+    # keeps them and goes with the server (TMPDIR stays: compile caches live under it)
     tmp = tempfile.mkdtemp(prefix="lgvllm-")
-    env = {**os.environ, "VLLM_LOGGING_LEVEL": "WARNING", "PYTHONPATH": "", "TMPDIR": tmp,
+    env = {**os.environ, "VLLM_LOGGING_LEVEL": "WARNING", "PYTHONPATH": "",
            "VLLM_RPC_BASE_PATH": tmp, **(env or {})}  # fmt: skip
     proc = subprocess.Popen(
         vllm_command(python, model, port, memory=memory, extra=extra),
