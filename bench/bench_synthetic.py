@@ -9,8 +9,10 @@ category declared non-violating must turn the rating to Safe) and category accur
 
     .venv/bin/python bench/bench_synthetic.py                 # the full scale (~45 min, 2 cores)
     .venv/bin/python bench/bench_synthetic.py --scale light   # the test suite's version (~6 min)
+    .venv/bin/python bench/bench_synthetic.py --recipe v3,v3,v6,v2,v7   # another recipe
 
-Writes bench/results/synthetic-<scale>.json (and the run's own report.md in --work).
+Writes bench/results/synthetic-<scale>.json, or synthetic-<scale>-<recipe>.json for another
+recipe (and the run's own report.md in --work).
 """
 
 from __future__ import annotations
@@ -32,16 +34,22 @@ def main() -> int:
     ap.add_argument("--scale", default="full", choices=sorted(SCALES))
     ap.add_argument("--work", type=Path, default=Path("/tmp/llavaguard-bench-synthetic"))
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--recipe", help="augmentations per Unsafe image, comma-separated "
+                    "(default: the scale's)")  # fmt: skip
     args = ap.parse_args()
-    result = run_loop(LoopConfig(output=args.work / args.scale, seed=args.seed,
-                                 **SCALES[args.scale]))  # fmt: skip
+    scale = dict(SCALES[args.scale])
+    name = args.scale
+    if args.recipe:
+        scale["recipe"] = args.recipe.split(",")
+        name += "-" + "".join(scale["recipe"])
+    result = run_loop(LoopConfig(output=args.work / name, seed=args.seed, **scale))
     result["machine"] = {"cpus": os.cpu_count(), "platform": platform.platform(),
                          "python": sys.version.split()[0]}  # fmt: skip
-    result["command"] = f"python bench/bench_synthetic.py --scale {args.scale}"
-    out = ROOT / "bench" / "results" / f"synthetic-{args.scale}.json"
+    result["command"] = "python " + " ".join(["bench/bench_synthetic.py", *sys.argv[1:]])
+    out = ROOT / "bench" / "results" / f"synthetic-{name}.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result["checks"], indent=2))
-    print(f"wrote {out} and {args.work / args.scale / 'report.md'}")
+    print(f"wrote {out} and {args.work / name / 'report.md'}")
     return 0 if result["passed"] else 1
 
 
