@@ -39,6 +39,19 @@ def test_temperature_scaling_recovers_the_exaggeration_and_lowers_ece():
     assert stats["after_cross_validated"]["brier"] < stats["before"]["brier"]
 
 
+def test_a_perfectly_ranked_set_does_not_push_scores_to_certainty():
+    """72 samples the model gets all right, hedging (0.95 / 0.05): plain log-loss has no
+    optimum there (T -> 0); Platt's targets give a finite T, and a score the set never
+    showed (0.6) stays uncertain after the map."""
+    y = np.array([1] * 36 + [0] * 36)
+    p = np.array([0.95] * 36 + [0.05] * 36)
+    t = fit_temperature(y, p)
+    calibrated = 1 / (1 + np.exp(-np.log(0.6 / 0.4) / t))
+    target = 37 / 38  # (N+ + 1) / (N+ + 2): the map sends 0.95 there
+    assert 1 / (1 + np.exp(-np.log(0.95 / 0.05) / t)) == pytest.approx(target, abs=1e-3)
+    assert 0.6 < calibrated < 0.7
+
+
 def test_auto_picks_isotonic_only_with_data_enough_and_when_it_is_better():
     rng = np.random.default_rng(1)
     q = rng.random(4000)  # a distortion no temperature undoes: a step in the middle
