@@ -46,7 +46,7 @@ class VLLMServer:
     proc: subprocess.Popen
     port: int
     log: IO[str]
-    tmp: str | None = None  # the server's TMPDIR (its IPC sockets), removed with it
+    tmp: str | None = None  # where its IPC sockets go (VLLM_RPC_BASE_PATH), removed with it
 
     @property
     def url(self) -> str:
