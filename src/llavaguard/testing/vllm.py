@@ -46,7 +46,7 @@ class VLLMServer:
     proc: subprocess.Popen
     port: int
     log: IO[str]
-    tmp: str | None = None  # where its IPC sockets go (VLLM_RPC_BASE_PATH), removed with it
+    tmp: str  # where its IPC sockets go (VLLM_RPC_BASE_PATH), removed with it
 
     @property
     def url(self) -> str:
@@ -70,8 +70,7 @@ class VLLMServer:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.proc.pid, signal.SIGKILL)
         self.proc.wait()
-        if self.tmp:
-            shutil.rmtree(self.tmp, ignore_errors=True)
+        shutil.rmtree(self.tmp, ignore_errors=True)
 
 
 def start_vllm(
