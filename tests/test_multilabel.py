@@ -143,7 +143,8 @@ def test_shared_prefill_scores_equal_each_prompt_alone(family, tiny_models, phot
 
 def test_the_one_category_augmentations_teach_the_multi_label_question():
     """v6: the own category alone in force (label stands); v7: another alone in force, the
-    own allowed (Safe, an exception sample). Safe images get neither."""
+    own allowed (Safe, an exception sample); v8, made of Safe images only: any one category
+    alone in force, still Safe, its own rationale kept."""
     from llavaguard.dataset.build import augment
     from llavaguard.inputs.labels import LabelledSample
 
@@ -154,10 +155,15 @@ def test_the_one_category_augmentations_teach_the_multi_label_question():
         LabelledSample(id="s", image="s.png", rating="Safe", category=base.labels[-1],
                        rationale="r", policy=base),
     ]  # fmt: skip
-    made = {s.id: s for s in augment(images, ["v6", "v7"], seed=3)}
-    assert set(made) == {"u", "s", "u_v6", "u_v7"}
+    made = {s.id: s for s in augment(images, ["v6", "v7", "v8"], seed=3)}
+    assert set(made) == {"u", "s", "u_v6", "u_v7", "s_v8"}
     own, other = made["u_v6"], made["u_v7"]
     assert own.policy.in_force() == ["O2"] and own.rating == "Unsafe" and own.exception is None
     (forced,) = other.policy.in_force()
     assert forced != "O2" and other.rating == "Safe" and other.exception == "allowed"
     assert other.category == base.labels[1] and "non-violating" in other.rationale
+    harmless = made["s_v8"]
+    assert len(harmless.policy.in_force()) == 1 and harmless.policy.allowed
+    assert harmless.rating == "Safe" and harmless.exception is None and harmless.rationale == "r"
+    drawn = {augment(images, ["v8"], seed=k)[-1].policy.in_force()[0] for k in range(40)}
+    assert len(drawn) >= 6  # any category, not the same one every time

@@ -40,8 +40,9 @@ def build(
     recipe: str = typer.Option(
         "v3,v3,v3,v2",
         "--recipe",
-        help="Augmentations per Unsafe image (v1, v2, v2a, v3, v4, v5; v6, v7: one category "
-        "in force; repeat for independent draws). Default: the v1.2 recipe.",
+        help="Augmentations per image (v1, v2, v2a, v3, v4, v5 of Unsafe images; v6, v7 of "
+        "Unsafe and v8 of Safe images: one category in force; repeat for independent draws). "
+        "Default: the v1.2 recipe.",
     ),
     test_fraction: float = typer.Option(0.2, "--test-fraction", help="Images held out."),
     balance: bool = typer.Option(

@@ -2,7 +2,7 @@
 (reference, sections 4 and 5): policy augmentations, rating balance, image-level splits, and
 exports in the formats trainers read.
 
-Augmentations (c = the image's own category; applied to Unsafe images only):
+Augmentations (c = the image's own category; v1-v7 are made of Unsafe images, v8 of Safe ones):
   v1  each other category allowed with p = 0.5            label unchanged
   v2  c allowed                                           Safe, category stays c
   v2a c and 0-2 random others allowed                     Safe
@@ -11,8 +11,11 @@ Augmentations (c = the image's own category; applied to Unsafe images only):
   v5  1-3 random others sensitive                         unchanged
   v6  c alone in force (every other category allowed)      unchanged
   v7  one random other alone in force (c allowed)          Safe
-v6 and v7 are llavaguard's own (not the paper's): the one-category policies that
-``--multi-label`` asks about, which v1-v5 (at most 3 exceptions) never show a model.
+  v8  one random category alone in force (Safe images)     Safe
+v6-v8 are llavaguard's own (not the paper's): the one-category policies that
+``--multi-label`` asks about, which v1-v5 (at most 3 exceptions) never show a model. v8 shows
+them with harmless images: a model trained on v6/v7 alone learns that a one-category policy
+means Unsafe for anything that is not plainly another category's.
 The augmentations are policy edits (``policy.edits``), the same the evaluation's variants make.
 Sample ids carry the augmentation as a suffix (``_v2``, ``_v3_a``, ...), which the evaluation
 reads back. Everything is seeded: the same inputs and seed give the same samples.
@@ -60,14 +63,17 @@ AUGMENTATIONS: Registry[Edit] = Registry(
         "v5": edits.sensitive_others,
         "v6": edits.only_own,
         "v7": edits.only_other,
+        "v8": edits.only_any,
     },
 )
+OF_SAFE_IMAGES = frozenset({"v8"})  # made of Safe images; every other augmentation of Unsafe ones
 
 
 def augment(
     images: Sequence[LabelledSample], recipe: Sequence[str] = V12_RECIPE, seed: int = 0
 ) -> list[LabelledSample]:
-    """Each image under its own policy; each Unsafe image also once per recipe entry.
+    """Each image under its own policy, and once per recipe entry made of its rating
+    (``OF_SAFE_IMAGES`` of Safe images, the others of Unsafe ones).
 
     Repeated entries are independent draws, suffixed ``_v3_a``, ``_v3_b``, ...; a single one
     is suffixed ``_v2``. Each entry of each image draws from its own generator
@@ -78,10 +84,10 @@ def augment(
     out: list[LabelledSample] = []
     for img in images:
         out.append(img.model_copy(update={"augmentation": None}))  # an id like x_v2 is no hint
-        if img.rating != "Unsafe":
-            continue
         drawn: Counter[str] = Counter()
         for a in recipe:
+            if (a in OF_SAFE_IMAGES) != (img.rating == "Safe"):
+                continue
             letter = string.ascii_lowercase[drawn[a]]
             drawn[a] += 1
             suffix = f"{a}_{letter}" if counts[a] > 1 else a

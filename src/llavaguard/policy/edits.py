@@ -1,4 +1,4 @@
-"""Policy edits: the changes to a policy that training augmentations (``dataset.build``: v1-v5)
+"""Policy edits: the changes to a policy that training augmentations (``dataset.build``: v1-v8)
 and evaluation variants (``evaluate.variants``: allow-own, shuffle, ...) make, written once.
 
 An edit takes a policy, the category a sample is labelled with, and a random generator; it
@@ -83,6 +83,14 @@ def only_other(p: Policy, category: str, rng: random.Random) -> tuple[Policy, st
     if own_code(p, category) is None or not others:
         return None
     return p.only(rng.choice(others)), category
+
+
+def only_any(p: Policy, category: str, rng: random.Random) -> tuple[Policy, str] | None:
+    """One random category alone in force, every other allowed. Made of Safe images, whose
+    label stands: without it a model never sees a harmless image under a one-category policy,
+    and learns that such a policy means Unsafe."""
+    codes = [c.code for c in p.categories if _default(p, c.code)]
+    return (p.only(rng.choice(codes)), category) if codes else None
 
 
 def sensitive_own(p: Policy, category: str, rng: random.Random) -> tuple[Policy, str] | None:
