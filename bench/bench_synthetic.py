@@ -9,7 +9,7 @@ category declared non-violating must turn the rating to Safe) and category accur
 
     .venv/bin/python bench/bench_synthetic.py                 # the full scale (~45 min, 2 cores)
     .venv/bin/python bench/bench_synthetic.py --scale light   # the test suite's version (~6 min)
-    .venv/bin/python bench/bench_synthetic.py --recipe v3,v3,v6,v2,v7   # another recipe
+    .venv/bin/python bench/bench_synthetic.py --recipe v3,v3,v6,v2,v7,v8   # another recipe
 
 Writes bench/results/synthetic-<scale>.json, or synthetic-<scale>-<recipe>.json for another
 recipe (and the run's own report.md in --work).
@@ -34,8 +34,8 @@ def main() -> int:
     ap.add_argument("--scale", default="full", choices=sorted(SCALES))
     ap.add_argument("--work", type=Path, default=Path("/tmp/llavaguard-bench-synthetic"))
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--recipe", help="augmentations per Unsafe image, comma-separated "
-                    "(default: the scale's)")  # fmt: skip
+    ap.add_argument("--recipe", help="augmentations per image, comma-separated (v8 of Safe "
+                    "images, the others of Unsafe ones; default: the scale's)")  # fmt: skip
     args = ap.parse_args()
     scale = dict(SCALES[args.scale])
     name = args.scale

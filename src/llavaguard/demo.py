@@ -38,7 +38,7 @@ class LoopConfig(BaseModel):
     eval_samples: int = Field(64, ge=0, description="Scored at each evaluation during training.")
     annotate_images: int = Field(24, ge=0, description="New images annotated at the end.")
     recipe: list[str] = Field(
-        list(V12_RECIPE), description="Augmentations per Unsafe image (dataset build's recipe)."
+        list(V12_RECIPE), description="Augmentations per image (dataset build's recipe)."
     )
     compact_policy: bool = Field(
         False, description="Train and judge under the benchmark's compact taxonomy."

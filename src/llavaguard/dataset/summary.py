@@ -32,8 +32,9 @@ def render_markdown(summary: dict[str, Any], plot: str | None = "summary.png") -
         "# Training set summary",
         "",
         f"Built by llavaguard {summary.get('llavaguard_version', '?')} from "
-        f"`{summary['labels']}`: recipe {recipe} (per Unsafe image, beside its default-policy "
-        f"sample), seed {summary['seed']}, test fraction {summary['test_fraction']}, "
+        f"`{summary['labels']}`: recipe {recipe} (per image of the rating "
+        f"each augmentation is made of, beside its default-policy sample), seed "
+        f"{summary['seed']}, test fraction {summary['test_fraction']}, "
         f"training split {balanced}. Policy `{summary.get('policy', '?')}`; formats "
         f"{', '.join(summary.get('formats', []))}.",
         "",
