@@ -9,7 +9,7 @@ category declared non-violating must turn the rating to Safe) and category accur
 
     .venv/bin/python bench/bench_synthetic.py                 # the full scale (~45 min, 2 cores)
     .venv/bin/python bench/bench_synthetic.py --scale light   # the test suite's version (~6 min)
-    .venv/bin/python bench/bench_synthetic.py --recipe v3,v3,v6,v2,v7,v8   # another recipe
+    .venv/bin/python bench/bench_synthetic.py --recipe v3,v3,v6,v2,v7,v7,v8   # another recipe
 
 Writes bench/results/synthetic-<scale>.json, or synthetic-<scale>-<recipe>.json for another
 recipe (and the run's own report.md in --work).

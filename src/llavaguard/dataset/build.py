@@ -14,8 +14,8 @@ Augmentations (c = the image's own category; v1-v7 are made of Unsafe images, v8
   v8  one random category alone in force (Safe images)     Safe
 v6-v8 are llavaguard's own (not the paper's): the one-category policies that
 ``--multi-label`` asks about, which v1-v5 (at most 3 exceptions) never show a model. v8 shows
-them with harmless images: a model trained on v6/v7 alone learns that a one-category policy
-means Unsafe for anything that is not plainly another category's.
+them with harmless images: the full synthetic benchmark's model, trained on v6/v7 alone, called
+every image Unsafe under "only O5 in force" (docs/dataset.md has what each recipe did).
 The augmentations are policy edits (``policy.edits``), the same the evaluation's variants make.
 Sample ids carry the augmentation as a suffix (``_v2``, ``_v3_a``, ...), which the evaluation
 reads back. Everything is seeded: the same inputs and seed give the same samples.
